@@ -1,0 +1,152 @@
+"""Image panels a researcher looks at: reconstructions, prior samples, sigma maps.
+
+Written as PNG files into the run folder (and to image-capable loggers) by rank
+zero only. Small images (8x8 digits) are upscaled with nearest neighbours so the
+files are readable at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+
+def make_grid(images: Tensor, nrow: int | None = None, padding: int = 1, min_cell: int = 56) -> Tensor:
+    """Tile (N, C, H, W) images in [0, 1] into one (H', W', C) uint8 array, upscaled
+    by an integer factor so that each cell is at least ``min_cell`` pixels high."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    n, c, h, w = images.shape
+    scale = max(1, math.ceil(min_cell / h))
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+        h, w = h * scale, w * scale
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    grid = torch.ones(c, ncol * (h + padding) + padding, nrow * (w + padding) + padding)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8)
+
+
+def save_png(grid: Tensor, path: Path) -> Path:
+    from PIL import Image
+
+    array = grid.numpy()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def save_sigma_map(sigma: Tensor, path: Path, title: str) -> Path:
+    """A heat map of sigma per pixel (channels side by side), with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sigma = sigma.detach().float().cpu()
+    if sigma.dim() == 4:  # per-example maps (predicted sigma): show the first few
+        sigma = sigma[:8]
+        panels = [(sigma[i, c], f"image {i}, channel {c}") for i in range(sigma.shape[0]) for c in range(sigma.shape[1])]
+    else:
+        panels = [(sigma[c], f"channel {c}") for c in range(sigma.shape[0])]
+    vmin, vmax = float(sigma.min()), float(sigma.max())
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols + 1, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (panel, label) in zip(axes.flat, panels):
+        im = ax.imshow(panel.numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_title(label, fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="decoder sigma")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class ImageGrids(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs and at the end of training, write
+    ``reconstructions`` (inputs above, reconstructions below), ``samples`` from the
+    prior and, when sigma varies by pixel, ``sigma_map`` into ``dirpath``.
+
+    Per-epoch files carry the epoch in their name; the final panels have plain names.
+    """
+
+    def __init__(self, dirpath: str, num_images: int = 64, every_n_epochs: int = 10, seed: int = 0):
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.seed = seed
+        self.written: list[Path] = []
+
+    def _inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            return None
+        loader = datamodule.val_dataloader()
+        if len(loader) == 0:
+            loader = datamodule.test_dataloader()
+        images, _ = next(iter(loader))
+        images = images[: self.num_images].to(pl_module.device)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)  # the same dequantisation/binarisation noise every time
+        x = pl_module.likelihood.prepare(images, pl_module.levels)
+        torch.random.set_rng_state(generator_state)
+        return x
+
+    @rank_zero_only
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, suffix: str = "") -> list[Path]:
+        x = self._inputs(trainer, pl_module)
+        if x is None:
+            return []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            recon = pl_module.reconstruct(x)
+            generator = torch.Generator().manual_seed(self.seed)
+            samples = pl_module.sample(self.num_images, generator=generator)
+            mu, _ = pl_module.encode(x)
+            sigma = pl_module.likelihood.sigma_map(pl_module.decode(mu))
+        finally:
+            pl_module.train(was_training)
+        n = x.shape[0]
+        nrow = math.ceil(math.sqrt(n))
+        rows_in = math.ceil(n / nrow)
+        pairs = torch.cat([x[: rows_in * nrow], recon[: rows_in * nrow]])
+        paths = [
+            save_png(make_grid(pairs, nrow=nrow), self.dirpath / f"reconstructions{suffix}.png"),
+            save_png(make_grid(samples, nrow=nrow), self.dirpath / f"samples{suffix}.png"),
+        ]
+        if sigma is not None:
+            mode = getattr(pl_module.likelihood, "sigma_mode", "")
+            paths.append(save_sigma_map(sigma, self.dirpath / f"sigma_map{suffix}.png", f"sigma ({mode})"))
+        self._log_images(trainer, paths, suffix)
+        self.written = paths
+        return paths
+
+    def _log_images(self, trainer: pl.Trainer, paths: list[Path], suffix: str) -> None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # W&B
+                logger.log_image(key="images", images=[str(p) for p in paths], caption=[p.stem for p in paths])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        epoch = trainer.current_epoch + 1
+        if self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0:
+            self.write(trainer, pl_module, suffix=f"_epoch{epoch:03d}")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run:
+            self.write(trainer, pl_module)

@@ -1,0 +1,25 @@
+"""Where the Hydra configs live, and small helpers to build objects from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+
+def config_dir() -> str:
+    """The conf/ folder: packaged inside a wheel, or at the top of a source checkout."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    if packaged.is_dir():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def instantiate_dict(cfg: DictConfig | None, **kwargs: Any) -> list[Any]:
+    """Instantiate every entry of a config group whose members are named objects
+    (callbacks, loggers). Entries without ``_target_`` (or set to null) are skipped."""
+    if not cfg:
+        return []
+    return [instantiate(node, **kwargs) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]

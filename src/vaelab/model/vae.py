@@ -1,0 +1,205 @@
+"""The VAE LightningModule: wires encoder, decoder, likelihood and prior together.
+
+The maths lives in :mod:`vaelab.model.maths` and :mod:`vaelab.model.likelihoods`;
+this class only decides what is computed at each step and what is logged.
+Logged ELBO numbers are the true ELBO (beta = 1, no free bits, no warm-up), in
+nats per image; the training loss is what the optimiser sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from vaelab.model import maths
+from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
+
+EVAL_STAGES = ("val", "test")
+
+
+class VAE(pl.LightningModule):
+    def __init__(
+        self,
+        encoder: Callable[..., nn.Module],
+        decoder: Callable[..., nn.Module],
+        likelihood: Likelihood,
+        image_shape: Sequence[int],
+        levels: int,
+        latent_dim: int = 16,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        test_iw_samples: int = 0,
+        iw_chunk_elements: int = 2**24,
+    ):
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.levels = int(levels)
+        self.latent_dim = int(latent_dim)
+        self.beta = float(beta)
+        self.kl_warmup_steps = int(kl_warmup_steps)
+        self.free_bits = float(free_bits)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.test_iw_samples = int(test_iw_samples)
+        self.iw_chunk_elements = int(iw_chunk_elements)
+        #: the composed Hydra config, stored in every checkpoint so evaluation needs nothing else
+        self.run_config: dict | None = None
+
+        self.likelihood = likelihood
+        self.encoder = encoder(image_shape=self.image_shape, latent_dim=self.latent_dim)
+        self.decoder = decoder(
+            image_shape=self.image_shape,
+            latent_dim=self.latent_dim,
+            out_channels=self.image_shape[0] * likelihood.params_per_channel,
+        )
+        self.num_dims = math.prod(self.image_shape)
+        self.eval_metrics = nn.ModuleDict(
+            {stage: nn.ModuleDict({name: MeanMetric() for name in self.metric_names(stage)}) for stage in EVAL_STAGES}
+        )
+
+    # -- names -------------------------------------------------------------------------
+    @property
+    def is_gaussian(self) -> bool:
+        return isinstance(self.likelihood, GaussianLikelihood)
+
+    def metric_names(self, stage: str) -> list[str]:
+        names = ["elbo", "recon", "kl", "bpd"]
+        if self.is_gaussian:
+            names += ["sigma_mean", "sigma_min", "sigma_max", "beta_eff"]
+        if stage == "test" and self.test_iw_samples > 0:
+            names += ["nll_iw", "bpd_iw"]
+        return names
+
+    # -- the model ---------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """uint8 images on the device -> the likelihood's float inputs (scaled,
+        dequantised or binarised), once per batch and on the device."""
+        images, labels = batch
+        return self.likelihood.prepare(images, self.levels), labels
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_var = self.encoder(x).float().chunk(2, dim=1)
+        return mu, log_var
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """One-sample ELBO terms per example."""
+        mu, log_var = self.encode(x)
+        z = maths.reparameterize(mu, log_var)
+        decoder_out = self.decode(z)
+        log_px = self.likelihood.log_prob(decoder_out, x)
+        kl_per_dim = maths.kl_standard_normal(mu, log_var)
+        return {"log_px": log_px, "kl_per_dim": kl_per_dim, "decoder_out": decoder_out}
+
+    def kl_weight(self) -> float:
+        return self.beta * maths.linear_warmup(self.global_step, self.kl_warmup_steps)
+
+    def step_metrics(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Batch-mean metrics of one step (the same names in every stage)."""
+        recon = out["log_px"].mean()
+        kl = out["kl_per_dim"].sum(dim=1).mean()
+        elbo = recon - kl
+        nll_bound = -elbo
+        metrics = {
+            "elbo": elbo,
+            "recon": recon,
+            "kl": kl,
+            "bpd": maths.bits_per_dim(nll_bound, self.num_dims, None if self.likelihood.is_discrete else self.levels),
+        }
+        if self.is_gaussian:
+            stats = self.likelihood.sigma_stats(out["decoder_out"])
+            metrics.update({k: stats[k] for k in ("sigma_mean", "sigma_min", "sigma_max")})
+            # beta and sigma trade off: loss * 2 sigma^2 = SSE + 2 sigma^2 beta KL.
+            metrics["beta_eff"] = 2.0 * stats["sigma_sq_mean"] * self.beta
+        return metrics
+
+    # -- steps ---------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch
+        out = self(x)
+        kl_weight = self.kl_weight()
+        loss = -out["log_px"].mean() + kl_weight * maths.free_bits_kl(out["kl_per_dim"], self.free_bits)
+        metrics = self.step_metrics(out)
+        batch_size = x.shape[0]
+        self.log("train/loss", loss, batch_size=batch_size)
+        self.log("train/elbo", metrics.pop("elbo"), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=batch_size)
+        self.log("train/kl_weight", kl_weight, batch_size=batch_size)
+        return loss
+
+    def _eval_step(self, stage: str, x: Tensor) -> None:
+        out = self(x)
+        metrics = self.step_metrics(out)
+        if stage == "test" and self.test_iw_samples > 0:
+            nll_iw = -self.importance_weighted_log_likelihood(x, self.test_iw_samples).mean()
+            metrics["nll_iw"] = nll_iw
+            metrics["bpd_iw"] = maths.bits_per_dim(nll_iw, self.num_dims, None if self.likelihood.is_discrete else self.levels)
+        for name, value in metrics.items():
+            metric = self.eval_metrics[stage][name]
+            metric.update(value, weight=x.shape[0])
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", batch_size=x.shape[0])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch[0])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch[0])
+
+    # -- the importance-weighted bound -------------------------------------------------
+    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        """log p(x, z_k) - log q(z_k|x) for ``num_samples`` draws: shape (num_samples, B)."""
+        mu, log_var = self.encode(x)
+        eps = torch.randn((num_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * log_var) * eps
+        decoder_out = self.decode(z.flatten(0, 1))
+        x_rep = x.unsqueeze(0).expand(num_samples, *x.shape).flatten(0, 1)
+        log_px = self.likelihood.log_prob(decoder_out, x_rep).view(num_samples, -1)
+        return log_px + maths.standard_normal_log_prob(z) - maths.diagonal_normal_log_prob(z, mu, log_var)
+
+    @torch.no_grad()
+    def importance_weighted_log_likelihood(self, x: Tensor, num_samples: int) -> Tensor:
+        """The IWAE bound log (1/K) sum_k p(x, z_k)/q(z_k|x) per example (Burda et al., 2016).
+
+        Samples are drawn in chunks sized so that one chunk's decoder output has at
+        most ``iw_chunk_elements`` numbers, and combined with a running logsumexp,
+        so K = 5000 fits in memory for any batch size.
+        """
+        per_sample = x.shape[0] * self.num_dims * self.likelihood.params_per_channel
+        chunk = max(1, min(num_samples, self.iw_chunk_elements // max(1, per_sample)))
+        return maths.importance_weighted_bound(lambda k: self.log_importance_weights(x, k), num_samples, chunk)
+
+    # -- generation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        mu, _ = self.encode(x)
+        return self.likelihood.mean(self.decode(mu))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn((num_samples, self.latent_dim), generator=generator, device="cpu").to(self.device)
+        return self.likelihood.mean(self.decode(z))
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or torch.optim.Adam
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["vaelab_config"] = self.run_config

@@ -1,0 +1,118 @@
+"""Entry point `vaelab-train`: compose -> instantiate -> fit -> test -> return the metric.
+
+    vaelab-train                                   # MLP VAE on bundled digits
+    vaelab-train model=conv likelihood.sigma=optimal model.beta=2
+    vaelab-train ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.config import config_dir, instantiate_dict
+
+log = logging.getLogger("vaelab.train")
+
+
+def build_model(cfg: DictConfig, datamodule: Any, **overrides: Any) -> pl.LightningModule:
+    """The VAE of a composed config, sized for ``datamodule``'s images."""
+    likelihood = instantiate(cfg.likelihood, image_shape=datamodule.image_shape)
+    return instantiate(
+        cfg.model,
+        likelihood=likelihood,
+        image_shape=datamodule.image_shape,
+        levels=datamodule.levels,
+        **overrides,
+    )
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in sorted(metrics.items())}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and test one model; returns the final metrics (val and test)."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule)
+    # set after construction: passed through instantiate, its _target_ keys would be built
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = scalar_metrics(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No best checkpoint was saved; testing the weights at the end of training.")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+        metrics["best_checkpoint"] = best  # type: ignore[assignment]
+
+    write_summary(cfg, trainer, metrics, output_dir)
+    return metrics
+
+
+@rank_zero_only
+def write_summary(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path) -> None:
+    """metrics.json in the run folder, and a note of where everything is."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
+        "best_checkpoint": metrics.get("best_checkpoint") or None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"Run folder: {output_dir}"]
+    ckpt_dir = output_dir / "checkpoints"
+    if ckpt_dir.is_dir():
+        lines.append(f"  checkpoints: {ckpt_dir} ({', '.join(sorted(p.name for p in ckpt_dir.glob('*.ckpt')))})")
+    lines.append(f"  metrics:     {output_dir / 'metrics.json'}")
+    for logger in trainer.loggers:
+        if logger.log_dir:
+            lines.append(f"  {type(logger).__name__}: {logger.log_dir}")
+    images = output_dir / "images"
+    if images.is_dir():
+        finals = sorted(p.name for p in images.glob("*.png") if "_epoch" not in p.name)
+        lines.append(f"  images:      {images} ({', '.join(finals)})")
+    shown = {k: v for k, v in summary["metrics"].items() if k.startswith("test/")}
+    if shown:
+        lines.append("  test: " + ", ".join(f"{k.removeprefix('test/')}={v:.4g}" for k, v in shown.items()))
+    print("\n".join(lines), flush=True)
+
+
+def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | None:
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics))}")
+    return metrics[name]
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
