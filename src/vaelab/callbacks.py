@@ -35,6 +35,14 @@ def make_grid(images: Tensor, nrow: int | None = None, padding: int = 1, min_cel
     return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8)
 
 
+def interleave_rows(inputs: Tensor, outputs: Tensor, nrow: int) -> Tensor:
+    """Rows of ``nrow`` inputs, each followed by the row of their reconstructions."""
+    rows = []
+    for start in range(0, inputs.shape[0], nrow):
+        rows += [inputs[start : start + nrow], outputs[start : start + nrow]]
+    return torch.cat(rows)
+
+
 def save_png(grid: Tensor, path: Path) -> Path:
     from PIL import Image
 
@@ -77,7 +85,7 @@ def save_sigma_map(sigma: Tensor, path: Path, title: str) -> Path:
 
 class ImageGrids(pl.Callback):
     """Every ``every_n_epochs`` validation epochs and at the end of training, write
-    ``reconstructions`` (inputs above, reconstructions below), ``samples`` from the
+    ``reconstructions`` (each row of inputs followed by its row of reconstructions), ``samples`` from the
     prior and, when sigma varies by pixel, ``sigma_map`` into ``dirpath``.
 
     Per-epoch files carry the epoch in their name; the final panels have plain names.
@@ -120,12 +128,11 @@ class ImageGrids(pl.Callback):
             sigma = pl_module.likelihood.sigma_map(pl_module.decode(mu))
         finally:
             pl_module.train(was_training)
-        n = x.shape[0]
-        nrow = math.ceil(math.sqrt(n))
-        rows_in = math.ceil(n / nrow)
-        pairs = torch.cat([x[: rows_in * nrow], recon[: rows_in * nrow]])
+        nrow = math.ceil(math.sqrt(x.shape[0]))
+        full_rows = (x.shape[0] // nrow) * nrow or x.shape[0]  # whole rows keep pairs aligned
+        x, recon = x[:full_rows], recon[:full_rows]
         paths = [
-            save_png(make_grid(pairs, nrow=nrow), self.dirpath / f"reconstructions{suffix}.png"),
+            save_png(make_grid(interleave_rows(x, recon, nrow), nrow=nrow), self.dirpath / f"reconstructions{suffix}.png"),
             save_png(make_grid(samples, nrow=nrow), self.dirpath / f"samples{suffix}.png"),
         ]
         if sigma is not None:

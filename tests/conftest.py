@@ -1,0 +1,49 @@
+"""Shared helpers: run the console scripts in a subprocess, in a scratch folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"console script {name} is not installed; run `make setup` (pip install -e .)")
+    return found
+
+
+def run_cli(name: str, *args: str, cwd: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run([script(name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def run_folders(root: Path, task: str = "train") -> list[Path]:
+    return sorted(p.parent for p in (root / "logs" / task).rglob("metrics.json"))
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture
+def train(tmp_path):
+    """``train(*overrides)`` runs vaelab-train in tmp_path and returns the CompletedProcess."""
+
+    def _train(*overrides: str, **kwargs):
+        return run_cli("vaelab-train", *overrides, cwd=tmp_path, **kwargs)
+
+    return _train

@@ -1,0 +1,108 @@
+"""End to end through the command line: vaelab-train and vaelab-eval in subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from conftest import read_metrics, run_cli, run_folders
+from test_data import write_cifar, write_mnist
+
+pytestmark = pytest.mark.slow
+
+SIGMA_MODES = ["fixed", "learned_shared", "learned_pixel", "predicted", "optimal"]
+QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
+
+
+def assert_finite_run(run_dir, stage="test"):
+    metrics = read_metrics(run_dir)["metrics"]
+    for name in ("elbo", "recon", "kl", "bpd"):
+        value = metrics[f"{stage}/{name}"]
+        assert math.isfinite(value), (run_dir, name, value)
+    return metrics
+
+
+def test_default_main_job(train, tmp_path):
+    """The README's first command: train on digits, write everything, say where."""
+    proc = train("trainer.enable_progress_bar=false")
+    (run_dir,) = run_folders(tmp_path)
+    assert f"Run folder: {run_dir}" in proc.stdout
+    metrics = assert_finite_run(run_dir)
+    # a trained model is far better than the untrained one (~ -180 nats on digits)
+    assert metrics["test/elbo"] > 0 and metrics["val/elbo"] > 0
+    assert metrics["test/nll_iw"] <= -metrics["test/elbo"] + 1e-3  # IWAE bound is tighter
+    names = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in names and any(n.startswith("best_epoch") for n in names)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    assert any(r.get("val/elbo") for r in rows) and any(r.get("train/elbo_step") for r in rows)
+    for image in ("reconstructions.png", "samples.png"):
+        assert (run_dir / "images" / image).stat().st_size > 1000
+    summary = read_metrics(run_dir)
+    assert summary["epochs"] == 30
+
+
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_every_sigma_mode_and_bernoulli_train(train, tmp_path, model):
+    train("-m", f"model={model}", f"likelihood.sigma={','.join(SIGMA_MODES)}", *QUICK)
+    train("-m", f"model={model}", "likelihood=bernoulli", "likelihood.binarize=dynamic,static,threshold", *QUICK)
+    runs = run_folders(tmp_path)
+    assert len(runs) == len(SIGMA_MODES) + 3
+    for run_dir in runs:
+        config = json.loads(json.dumps(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["vaelab_config"]))
+        metrics = assert_finite_run(run_dir)
+        likelihood = config["likelihood"]
+        has_map = likelihood.get("sigma") in ("learned_pixel", "predicted")
+        assert (run_dir / "images" / "sigma_map.png").exists() == has_map, run_dir
+        if "sigma" in likelihood:
+            assert metrics["test/sigma_min"] <= metrics["test/sigma_mean"] <= metrics["test/sigma_max"]
+            assert metrics["test/beta_eff"] == pytest.approx(2 * config["model"]["beta"] * metrics["test/sigma_mean"] ** 2, rel=0.5)
+        else:  # Bernoulli: bits/dim carry no dequantisation term
+            assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (64 * math.log(2)), rel=1e-4)
+
+
+def test_train_then_eval_from_checkpoint(train, tmp_path):
+    train(*QUICK, "likelihood.sigma=optimal")
+    (run_dir,) = run_folders(tmp_path)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval.json"
+    proc = run_cli("vaelab-eval", f"ckpt_path={ckpt}", "iw_samples=64", "iw_chunk_elements=4096", f"output_file={out}", cwd=tmp_path)
+    result = json.loads(out.read_text())
+    metrics = result["metrics"]
+    assert result["iw_samples"] == 64 and result["num_images"] == 359
+    assert metrics["test/nll_iw"] <= -metrics["test/elbo"] + 1.0
+    assert math.isfinite(metrics["test/nll_iw"]) and f"-> {out}" in proc.stdout
+    # optimal sigma at test time comes from the running training MSE stored in the checkpoint
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    sigma = float(state["likelihood.running_mse"].sqrt())
+    assert metrics["test/sigma_mean"] == pytest.approx(sigma, rel=1e-5)
+
+
+def test_resume_from_last_checkpoint(train, tmp_path):
+    train(*QUICK, "trainer.max_epochs=1")
+    (first,) = run_folders(tmp_path)
+    assert read_metrics(first)["global_step"] == 3
+    train(*QUICK, "trainer.max_epochs=3", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    second = [r for r in run_folders(tmp_path) if r != first][0]
+    summary = read_metrics(second)
+    assert summary["global_step"] == 9 and summary["epochs"] == 3
+
+
+def test_mnist_and_cifar_readers_train(train, tmp_path):
+    write_mnist(tmp_path / "mnist", n_train=40, n_test=12)
+    write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=8)
+    train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", *QUICK)
+    train("data=cifar10", f"data.root={tmp_path / 'cifar'}", "model=conv", "data.batch_size=16", *QUICK)
+    runs = run_folders(tmp_path)
+    assert len(runs) == 2
+    for run_dir in runs:
+        assert_finite_run(run_dir)
+
+
+def test_missing_dataset_is_a_clear_error(train, tmp_path):
+    proc = train("data=mnist", f"data.root={tmp_path / 'nowhere'}", *QUICK, check=False)
+    assert proc.returncode != 0
+    assert "data.download=true" in proc.stderr + proc.stdout
