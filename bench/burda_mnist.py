@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--mnist", default="../shared/data/mnist", help="folder with the MNIST IDX files")
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall-time budget")
     parser.add_argument("--iw-samples", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for training")
+    parser.add_argument("--eval-threads", type=int, default=os.cpu_count() or 1, help="torch threads for vaelab-eval")
     parser.add_argument("--out", default="bench/results", help="folder for the JSON record and the runs")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for vaelab-train")
     args = parser.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
     eval_file = run_dir / "eval_k5000.json"
     run(
         [str(bin_dir / "vaelab-eval"), f"ckpt_path={best}", f"iw_samples={args.iw_samples}", f"output_file={eval_file}"],
-        env,
+        {**env, "OMP_NUM_THREADS": str(args.eval_threads)},
         Path.cwd(),
     )
     eval_seconds = time.perf_counter() - started
@@ -80,7 +81,9 @@ def main() -> None:
 
     record = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "train_threads": args.threads,
+        "eval_threads": args.eval_threads,
         "epochs": summary["epochs"],
         "steps": summary["global_step"],
         "train_wall_s": round(train_seconds, 1),

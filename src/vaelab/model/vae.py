@@ -23,6 +23,33 @@ from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 EVAL_STAGES = ("val", "test")
 
 
+class RunningMeans:
+    """Batch-weighted means of a step's scalar metrics, accumulated on the device in
+    one stacked tensor: one add per step, no host sync, no per-metric bookkeeping."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.names: list[str] = []
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def add(self, metrics: dict[str, Tensor], weight: int) -> None:
+        values = torch.stack([v.detach().float() for v in metrics.values()]) * weight
+        if self.total is None:
+            self.names, self.total = list(metrics), values
+        else:
+            self.total += values
+        self.count += weight
+
+    def means_and_reset(self) -> dict[str, Tensor]:
+        assert self.total is not None, "nothing was added"
+        means = dict(zip(self.names, self.total / self.count))
+        self.reset()
+        return means
+
+
 class VAE(pl.LightningModule):
     def __init__(
         self,
@@ -62,6 +89,8 @@ class VAE(pl.LightningModule):
             out_channels=self.image_shape[0] * likelihood.params_per_channel,
         )
         self.num_dims = math.prod(self.image_shape)
+        self._train_window = RunningMeans()
+        self._train_epoch = RunningMeans()
         self.eval_metrics = nn.ModuleDict(
             {stage: nn.ModuleDict({name: MeanMetric() for name in self.metric_names(stage)}) for stage in EVAL_STAGES}
         )
@@ -130,13 +159,26 @@ class VAE(pl.LightningModule):
         out = self(x)
         kl_weight = self.kl_weight()
         loss = -out["log_px"].mean() + kl_weight * maths.free_bits_kl(out["kl_per_dim"], self.free_bits)
-        metrics = self.step_metrics(out)
-        batch_size = x.shape[0]
-        self.log("train/loss", loss, batch_size=batch_size)
-        self.log("train/elbo", metrics.pop("elbo"), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=batch_size)
-        self.log("train/kl_weight", kl_weight, batch_size=batch_size)
+        metrics = {"loss": loss.detach(), **self.step_metrics(out)}
+        self._train_window.add(metrics, weight=x.shape[0])
+        self._train_epoch.add(metrics, weight=x.shape[0])
+        # Lightning writes step metrics only every log_every_n_steps; calling self.log on
+        # the other steps would cost more than the step itself for small models.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            window = self._train_window.means_and_reset()
+            self.log("train/elbo", window.pop("elbo"), prog_bar=True)
+            self.log_dict({f"train/{k}": v for k, v in window.items()})
+            self.log("train/kl_weight", kl_weight)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_window.reset()
+        self._train_epoch.reset()
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_epoch.count:
+            epoch = self._train_epoch.means_and_reset()
+            self.log_dict({f"train/{k}_epoch": v for k, v in epoch.items()}, sync_dist=True)
 
     def _eval_step(self, stage: str, x: Tensor) -> None:
         out = self(x)
