@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from conftest import read_metrics, run_cli, run_folders
-from test_data import write_cifar, write_mnist
+from test_data import write_cifar, write_mnist, write_png
 
 from vaelab.model.maths import soft_floor
 
@@ -93,13 +93,16 @@ def test_resume_from_last_checkpoint(train, tmp_path):
     assert summary["global_step"] == 9 and summary["epochs"] == 3
 
 
-def test_mnist_and_cifar_readers_train(train, tmp_path):
+def test_mnist_cifar_and_image_folder_train(train, tmp_path):
     write_mnist(tmp_path / "mnist", n_train=40, n_test=12)
     write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=8)
+    for i in range(24):
+        write_png(tmp_path / "pictures" / ("cats" if i % 2 else "dogs") / f"{i}.png", (10 * i, 255 - 10 * i, 40), size=(20, 30))
     train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", *QUICK)
     train("data=cifar10", f"data.root={tmp_path / 'cifar'}", "model=conv", "data.batch_size=16", *QUICK)
+    train("data=image_folder", f"data.root={tmp_path / 'pictures'}", "data.source.size=[16,16]", "model=conv", *QUICK)
     runs = run_folders(tmp_path)
-    assert len(runs) == 2
+    assert len(runs) == 3
     for run_dir in runs:
         assert_finite_run(run_dir)
 
@@ -108,3 +111,12 @@ def test_missing_dataset_is_a_clear_error(train, tmp_path):
     proc = train("data=mnist", f"data.root={tmp_path / 'nowhere'}", *QUICK, check=False)
     assert proc.returncode != 0
     assert "data.download=true" in proc.stderr + proc.stdout
+
+
+def test_csv_tensorboard_and_wandb_offline_together(train, tmp_path):
+    train(*QUICK, "logger=many", "tags=[smoke]")
+    (run_dir,) = run_folders(tmp_path)
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    (wandb_run,) = list((run_dir / "wandb").glob("offline-run-*"))
+    assert list(wandb_run.glob("*.wandb"))

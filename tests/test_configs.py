@@ -1,0 +1,68 @@
+"""Every config in conf/ composes, and what it names can be built (without training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from vaelab.config import config_dir, instantiate_dict
+from vaelab.train import build_model
+
+CONF = Path(config_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides: str, tmp_path: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
+    # outside a Hydra run, point the run folder somewhere real
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+def test_config_dir_is_the_checkout_or_packaged_conf():
+    assert (CONF / "train.yaml").is_file() and (CONF / "eval.yaml").is_file()
+
+
+@pytest.mark.parametrize("data", ["digits", "mnist", "fashion_mnist", "cifar10", "image_folder"])
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("likelihood", options("likelihood"))
+def test_data_model_likelihood_combinations_build(data, model, likelihood, tmp_path):
+    overrides = [f"data={data}", f"model={model}", f"likelihood={likelihood}"]
+    if data == "image_folder":
+        overrides.append(f"data.root={tmp_path}")
+    cfg = composed(*overrides, tmp_path=tmp_path)
+    datamodule = instantiate(cfg.data)
+    vae = build_model(cfg, datamodule)
+    assert vae.image_shape == datamodule.image_shape
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_loggers_build(logger, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = composed(f"logger={logger}", tmp_path=tmp_path)
+    loggers = instantiate_dict(cfg.get("logger"))
+    expected = {"none": 0, "many": 3}.get(logger, 1)
+    assert len(loggers) == expected
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose(experiment, tmp_path):
+    cfg = composed(f"experiment={experiment}", tmp_path=tmp_path)
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_configs_compose(trainer, tmp_path):
+    cfg = composed(f"trainer={trainer}", tmp_path=tmp_path)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
