@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir, instantiate_dict
+from vaelab.schema import validate
 
 log = logging.getLogger("vaelab.train")
 
@@ -41,6 +42,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one model; returns the final metrics (val and test)."""
+    validate(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -48,13 +50,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     # set after construction: passed through instantiate, its _target_ keys would be built
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = scalar_metrics(trainer.callback_metrics)

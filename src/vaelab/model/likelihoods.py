@@ -22,9 +22,12 @@ OPTIMAL_SHAPES = ("shared", "pixel")
 BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
 
 
-def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    """``value`` as a plain string (configs pass enum members), if it is allowed."""
+    value = getattr(value, "value", value)
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    return str(value)
 
 
 class Likelihood(nn.Module):
@@ -73,8 +76,7 @@ class BernoulliLikelihood(Likelihood):
 
     def __init__(self, image_shape: tuple[int, int, int], binarize: str = "dynamic"):
         super().__init__(image_shape)
-        _check_choice("likelihood.binarize", binarize, BINARIZE_MODES)
-        self.binarize = binarize
+        self.binarize = _check_choice("likelihood.binarize", binarize, BINARIZE_MODES)
 
     def prepare(self, images: Tensor, levels: int) -> Tensor:
         x = images.float() / (levels - 1)
@@ -119,8 +121,8 @@ class GaussianLikelihood(Likelihood):
         dequantize: bool = True,
     ):
         super().__init__(image_shape)
-        _check_choice("likelihood.sigma", sigma, SIGMA_MODES)
-        _check_choice("likelihood.optimal_shape", optimal_shape, OPTIMAL_SHAPES)
+        sigma = _check_choice("likelihood.sigma", sigma, SIGMA_MODES)
+        optimal_shape = _check_choice("likelihood.optimal_shape", optimal_shape, OPTIMAL_SHAPES)
         if sigma_value <= 0 or sigma_init <= 0:
             raise ValueError("likelihood.sigma_value and likelihood.sigma_init must be > 0")
         if log_sigma_min >= log_sigma_max:

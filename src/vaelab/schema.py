@@ -1,0 +1,147 @@
+"""Structured configs: the types and ranges of the values users type and sweep.
+
+The dataclasses are stored in Hydra's ConfigStore as ``schema/<group>/<name>`` and
+named in the first line of each config's defaults list, so a wrong type or an
+unknown choice (``likelihood.sigma=gaussian``) fails while the config is composed.
+Ranges that a type cannot express (beta >= 0, lr > 0, ...) are checked by
+:func:`validate` before anything is built. Both fail with one line naming the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+
+class SigmaMode(str, Enum):
+    fixed = "fixed"
+    learned_shared = "learned_shared"
+    learned_pixel = "learned_pixel"
+    predicted = "predicted"
+    optimal = "optimal"
+
+
+class OptimalShape(str, Enum):
+    shared = "shared"
+    pixel = "pixel"
+
+
+class Binarize(str, Enum):
+    dynamic = "dynamic"
+    static = "static"
+    threshold = "threshold"
+    none = "none"
+
+
+@dataclass
+class GaussianLikelihoodSchema:
+    _target_: str = "vaelab.model.likelihoods.GaussianLikelihood"
+    sigma: SigmaMode = SigmaMode.learned_shared
+    sigma_value: float = 0.1
+    sigma_init: float = 0.1
+    log_sigma_min: float = -6.0
+    log_sigma_max: float = 2.0
+    optimal_shape: OptimalShape = OptimalShape.shared
+    optimal_momentum: float = 0.99
+    dequantize: bool = True
+
+
+@dataclass
+class BernoulliLikelihoodSchema:
+    _target_: str = "vaelab.model.likelihoods.BernoulliLikelihood"
+    binarize: Binarize = Binarize.dynamic
+
+
+@dataclass
+class ModelSchema:
+    _target_: str = "vaelab.model.vae.VAE"
+    latent_dim: int = 16
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
+    test_iw_samples: int = 100
+    iw_chunk_elements: int = 2**24
+    encoder: Any = None
+    decoder: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+
+
+@dataclass
+class DataSchema:
+    _target_: str = "vaelab.data.ImageDataModule"
+    source: Any = None
+    root: Any = None
+    download: bool = False
+    batch_size: int = 128
+    eval_batch_size: Any = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    binarize: Any = None
+    data_on_device: bool = True
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(group="schema/likelihood", name="gaussian", node=GaussianLikelihoodSchema)
+    store.store(group="schema/likelihood", name="bernoulli", node=BernoulliLikelihoodSchema)
+    store.store(group="schema/model", name="vae", node=ModelSchema)
+    store.store(group="schema/data", name="images", node=DataSchema)
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message is one line for the user."""
+
+
+# (key, test, what is allowed): checked in order, the first failure is reported
+RANGE_CHECKS: list[tuple[str, Any, str]] = [
+    ("model.beta", lambda v: v >= 0, ">= 0"),
+    ("model.latent_dim", lambda v: v >= 1, "an integer >= 1"),
+    ("model.kl_warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("model.free_bits", lambda v: v >= 0, ">= 0"),
+    ("model.test_iw_samples", lambda v: v >= 0, ">= 0"),
+    ("model.optimizer.lr", lambda v: v > 0, "> 0"),
+    ("likelihood.sigma_value", lambda v: v > 0, "> 0"),
+    ("likelihood.sigma_init", lambda v: v > 0, "> 0"),
+    ("likelihood.optimal_momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("data.val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("trainer.max_epochs", lambda v: v is None or v == -1 or v >= 1, ">= 1 (or -1 for no limit)"),
+]
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first value outside its range."""
+    for key, ok, allowed in RANGE_CHECKS:
+        value = _select(cfg, key)
+        if value is _MISSING or value is None:
+            continue
+        bad = isinstance(value, float) and math.isnan(value)
+        try:
+            bad = bad or not ok(value)
+        except TypeError:
+            bad = True
+        if bad:
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
+    sigma = _select(cfg, "likelihood.sigma")
+    lo, hi = _select(cfg, "likelihood.log_sigma_min"), _select(cfg, "likelihood.log_sigma_max")
+    if sigma is not _MISSING and lo is not _MISSING and hi is not _MISSING and lo >= hi:
+        raise ConfigError(f"likelihood.log_sigma_min={lo} must be below likelihood.log_sigma_max={hi}")
