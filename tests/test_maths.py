@@ -238,3 +238,23 @@ def test_vae_forward_shapes_for_every_mode(conv, mode):
 def test_conv_rejects_an_image_size_it_cannot_take():
     with pytest.raises(ValueError, match="divisible by 4"):
         ConvEncoder((1, 10, 10), latent_dim=2, channels=[8, 8])
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("mode", ["bernoulli", "fixed", "predicted"])
+def test_output_bias_starts_the_decoder_at_the_mean_image(mode, conv):
+    shape = (2, 8, 8)
+    likelihood = BernoulliLikelihood(shape) if mode == "bernoulli" else GaussianLikelihood(shape, sigma=mode, sigma_init=0.2)
+    enc, dec = (ConvEncoder, ConvDecoder) if conv else (MLPEncoder, MLPDecoder)
+    model = VAE(enc, dec, likelihood, shape, levels=256, latent_dim=3)
+    images = torch.randint(0, 256, (4000, *shape), dtype=torch.uint8)
+    mean = model.mean_input(images, chunk=1500)
+    torch.testing.assert_close(mean, images.float().mean(0) / (255 if mode == "bernoulli" else 256) + (0 if mode == "bernoulli" else 0.5 / 256), atol=0.03, rtol=0)
+    model.set_output_bias(mean)
+    last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
+    torch.nn.init.zeros_(last.weight)  # the output is then the bias alone
+    out = model.decode(torch.randn(5, 3))
+    expected = mean.mean(dim=(1, 2), keepdim=True).expand_as(mean) if conv else mean
+    torch.testing.assert_close(model.likelihood.mean(out), expected.expand(5, *shape), atol=1e-3, rtol=0)
+    if mode == "predicted":
+        torch.testing.assert_close(out.chunk(2, dim=1)[1], torch.full((5, *shape), math.log(0.2)))

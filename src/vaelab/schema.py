@@ -67,6 +67,7 @@ class ModelSchema:
     free_bits: float = 0.0
     test_iw_samples: int = 100
     iw_chunk_elements: int = 2**24
+    init_output_bias: bool = True
     encoder: Any = None
     decoder: Any = None
     optimizer: Any = None

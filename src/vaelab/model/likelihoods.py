@@ -54,6 +54,12 @@ class Likelihood(nn.Module):
         """The decoder's mean image, for reconstructions and samples."""
         raise NotImplementedError
 
+    def output_bias(self, data_mean: Tensor) -> Tensor:
+        """The decoder output that predicts the mean image everywhere: a (C * k, H, W)
+        starting bias for the decoder's last layer, so training does not spend its
+        first steps learning the average image."""
+        raise NotImplementedError
+
     def sigma_stats(self, decoder_out: Tensor) -> dict[str, Tensor]:
         """Summary statistics of the decoder's sigma (empty for non-Gaussian)."""
         return {}
@@ -90,6 +96,9 @@ class BernoulliLikelihood(Likelihood):
 
     def mean(self, decoder_out: Tensor) -> Tensor:
         return torch.sigmoid(decoder_out)
+
+    def output_bias(self, data_mean: Tensor) -> Tensor:
+        return torch.logit(data_mean, eps=1e-3)
 
 
 class GaussianLikelihood(Likelihood):
@@ -134,6 +143,7 @@ class GaussianLikelihood(Likelihood):
         self.optimal_momentum = float(optimal_momentum)
         self.dequantize = dequantize
         self.params_per_channel = 2 if sigma == "predicted" else 1
+        self.initial_log_sigma = math.log(sigma_init)
 
         if sigma == "fixed":
             self.register_buffer("fixed_log_sigma", torch.tensor(math.log(sigma_value)))
@@ -156,6 +166,11 @@ class GaussianLikelihood(Likelihood):
         return images.float() / (levels - 1)
 
     # -- the decoder's output ------------------------------------------------------------
+    def output_bias(self, data_mean: Tensor) -> Tensor:
+        if self.sigma_mode == "predicted":
+            return torch.cat([data_mean, torch.full_like(data_mean, self.initial_log_sigma)])
+        return data_mean
+
     def mean(self, decoder_out: Tensor) -> Tensor:
         if self.sigma_mode == "predicted":
             return decoder_out.chunk(2, dim=1)[0]

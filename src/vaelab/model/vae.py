@@ -66,6 +66,7 @@ class VAE(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         test_iw_samples: int = 0,
         iw_chunk_elements: int = 2**24,
+        init_output_bias: bool = True,
     ):
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
@@ -78,6 +79,7 @@ class VAE(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.test_iw_samples = int(test_iw_samples)
         self.iw_chunk_elements = int(iw_chunk_elements)
+        self.init_output_bias = bool(init_output_bias)
         #: the composed Hydra config, stored in every checkpoint so evaluation needs nothing else
         self.run_config: dict | None = None
 
@@ -152,6 +154,32 @@ class VAE(pl.LightningModule):
             # beta and sigma trade off: loss * 2 sigma^2 = SSE + 2 sigma^2 beta KL.
             metrics["beta_eff"] = 2.0 * stats["sigma_sq_mean"] * self.beta
         return metrics
+
+    # -- initialisation -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        images = getattr(datamodule, "train_images", None)
+        # only a fresh model: a resumed run's restored weights must not be touched
+        if self.init_output_bias and self.global_step == 0 and images is not None and len(images):
+            self.set_output_bias(self.mean_input(images))
+
+    @torch.no_grad()
+    def mean_input(self, images: Tensor, chunk: int = 8192) -> Tensor:
+        """Mean of the model's inputs (after scaling, dequantisation, binarisation)."""
+        total = torch.zeros(self.image_shape, device=images.device)
+        for start in range(0, images.shape[0], chunk):
+            total += self.likelihood.prepare(images[start : start + chunk], self.levels).sum(dim=0)
+        return total / images.shape[0]
+
+    @torch.no_grad()
+    def set_output_bias(self, data_mean: Tensor) -> None:
+        """Start the decoder at the mean image (see Likelihood.output_bias)."""
+        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d)) and m.bias is not None][-1]
+        bias = self.likelihood.output_bias(data_mean.to(last.bias.device))
+        if isinstance(last, nn.Linear):
+            last.bias.copy_(bias.flatten())
+        else:  # one bias per output channel
+            last.bias.copy_(bias.mean(dim=(1, 2)))
 
     # -- steps ---------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
