@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir
+from vaelab.errors import report_user_errors
 from vaelab.train import build_model, scalar_metrics
 
 log = logging.getLogger("vaelab.evaluate")
@@ -82,6 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir, instantiate_dict
+from vaelab.errors import report_user_errors
 from vaelab.schema import validate
 
 log = logging.getLogger("vaelab.train")
@@ -111,6 +112,7 @@ def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | Non
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@report_user_errors
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metric_for_sweeper(metrics, cfg.get("optimized_metric"))

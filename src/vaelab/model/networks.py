@@ -61,7 +61,7 @@ def conv_feature_shape(image_shape: Sequence[int], channels: Sequence[int]) -> t
     if height % factor or width % factor:
         raise ValueError(
             f"model=conv with {len(channels)} stride-2 layers needs image height and width divisible by {factor}; "
-            f"the data's images are {height}x{width}. Use fewer model.channels or resize the data."
+            f"the data's images are {height}x{width}. Use fewer model.encoder.channels or resize the data."
         )
     return channels[-1], height // factor, width // factor
 
