@@ -25,12 +25,16 @@ PUBLISHED_NLL = 86.76
 
 
 def run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run ``cmd``, echoing its output as it comes (so progress is visible), and return it."""
     print("+", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
     if proc.returncode != 0:
-        print(proc.stdout[-5000:])
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return proc.stdout
+    return "".join(lines)
 
 
 def main() -> None:
