@@ -16,8 +16,21 @@ from vaelab.data.arrays import DatasetFormatError, DatasetNotFoundError
 from vaelab.data.download import ChecksumError
 from vaelab.schema import ConfigError
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or infinite."""
+
+    def __init__(self, value: float, step: int, epoch: int, checkpoint: str | None):
+        kept = f"the last good checkpoint, {checkpoint}, is kept as it was" if checkpoint else "no checkpoint had been saved yet"
+        super().__init__(
+            f"training stopped: the loss became {value} at step {step} (epoch {epoch}); {kept}. "
+            "Lower model.optimizer.lr, raise likelihood.log_sigma_min or set trainer.gradient_clip_val."
+        )
+        self.step, self.epoch, self.checkpoint = step, epoch, checkpoint
+
+
 #: exceptions whose message tells the user what to change
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    NonFiniteLossError,
     ConfigError,
     DatasetNotFoundError,
     DatasetFormatError,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from vaelab.errors import NonFiniteLossError
 from vaelab.model import maths
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 
@@ -159,8 +160,10 @@ class VAE(pl.LightningModule):
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         images = getattr(datamodule, "train_images", None)
-        # only a fresh model: a resumed run's restored weights must not be touched
-        if self.init_output_bias and self.global_step == 0 and images is not None and len(images):
+        # Only a fresh model. A resumed run's weights are already restored here, but its
+        # global_step not yet, so the checkpoint path is what tells a resume apart.
+        resuming = getattr(self.trainer, "ckpt_path", None) is not None
+        if self.init_output_bias and not resuming and images is not None and len(images):
             self.set_output_bias(self.mean_input(images))
 
     @torch.no_grad()
@@ -187,6 +190,9 @@ class VAE(pl.LightningModule):
         out = self(x)
         kl_weight = self.kl_weight()
         loss = -out["log_px"].mean() + kl_weight * maths.free_bits_kl(out["kl_per_dim"], self.free_bits)
+        if not torch.isfinite(loss):
+            # stop before the optimiser spreads NaN into the weights (and a checkpoint)
+            raise NonFiniteLossError(float(loss.detach()), self.global_step, self.current_epoch, self.last_checkpoint())
         metrics = {"loss": loss.detach(), **self.step_metrics(out)}
         self._train_window.add(metrics, weight=x.shape[0])
         self._train_epoch.add(metrics, weight=x.shape[0])
@@ -270,6 +276,29 @@ class VAE(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- checkpoints ------------------------------------------------------------------------
+    def last_checkpoint(self) -> str | None:
+        callback = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        if callback is None:
+            return None
+        return getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "") or None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["vaelab_config"] = self.run_config
+        # The random streams (dequantisation, binarisation, z samples) go with the
+        # weights, so a resumed run continues exactly as an uninterrupted one would.
+        checkpoint["vaelab_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["vaelab_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng = checkpoint.get("vaelab_rng")
+
+    def on_train_start(self) -> None:
+        # restored here, after the sanity-check validation that a resumed fit runs first
+        rng = getattr(self, "_resume_rng", None)
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._resume_rng = None

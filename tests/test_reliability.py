@@ -1,0 +1,104 @@
+"""A dying run loses nothing: divergence stops cleanly, checkpoints are whole, resumes are exact."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import read_metrics, run_folders, script
+from hydra.utils import instantiate
+from lightning.fabric.utilities.cloud_io import _atomic_save
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_configs import composed
+
+from vaelab.errors import NonFiniteLossError
+from vaelab.train import build_model
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = composed(tmp_path=tmp_path)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/elbo", mode="max")
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[checkpoints])
+    trainer.fit(model, datamodule=datamodule)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    before = digest(last)
+
+    with torch.no_grad():  # what a diverged optimiser leaves behind
+        next(model.decoder.parameters()).fill_(float("nan"))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/elbo", mode="max")
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[checkpoints], num_sanity_val_steps=0)
+    checkpoints.last_model_path = str(last)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(model, datamodule=datamodule)
+    message = str(error.value)
+    assert "the loss became nan at step 0 (epoch 0)" in message and str(last) in message
+    assert digest(last) == before  # nothing was written over it
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path):
+    """Checkpoints go through Lightning's atomic save: serialise first, then write and rename."""
+    path = tmp_path / "last.ckpt"
+    _atomic_save({"weights": torch.arange(10.0)}, path)
+    before = digest(path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed half-way through the save")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        _atomic_save({"weights": torch.zeros(10**6), "state": Unpicklable()}, path)
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(path)["weights"].tolist() == list(range(10))
+
+
+RESUMABLE = [
+    "trainer.enable_progress_bar=false",
+    "trainer.deterministic=true",
+    "trainer.max_epochs=6",
+    "model.test_iw_samples=8",
+    "callbacks.image_grids.every_n_epochs=0",
+    "seed=7",
+]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(train, tmp_path):
+    train(*RESUMABLE, "task_name=whole")
+    (whole,) = run_folders(tmp_path, "whole")
+
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([script("vaelab-train"), *RESUMABLE, "task_name=killed"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "logs" / "killed" / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/best_epoch002.ckpt")):
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (killed,) = list(runs.iterdir())
+    assert not (killed / "metrics.json").exists()
+    last = killed / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] >= 2
+
+    train(*RESUMABLE, "task_name=resumed", f"ckpt_path={last}")
+    (resumed,) = run_folders(tmp_path, "resumed")
+    expected, got = read_metrics(whole), read_metrics(resumed)
+    assert got["global_step"] == expected["global_step"]
+    for name, value in expected["metrics"].items():
+        if name.startswith(("test/", "val/")):
+            assert got["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
