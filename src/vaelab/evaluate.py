@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir
-from vaelab.errors import report_user_errors
+from vaelab.errors import report_user_errors, run_cli
 from vaelab.train import build_model, scalar_metrics
 
 log = logging.getLogger("vaelab.evaluate")
@@ -84,8 +84,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 @report_user_errors
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point (vaelab-eval)."""
+    run_cli(hydra_main)
 
 
 if __name__ == "__main__":

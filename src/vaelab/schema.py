@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class SigmaMode(str, Enum):
@@ -130,7 +130,11 @@ _MISSING = object()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first value outside its range."""
+    """Raise :class:`ConfigError` for a mandatory value left unset, or the first value
+    outside its range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set: it has no default (e.g. {missing[0]}=...)")
     for key, ok, allowed in RANGE_CHECKS:
         value = _select(cfg, key)
         if value is _MISSING or value is None:

@@ -19,8 +19,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir, instantiate_dict
-from vaelab.errors import report_user_errors
-from vaelab.schema import validate
+from vaelab.errors import report_user_errors, run_cli
+from vaelab.schema import ConfigError, validate
 
 log = logging.getLogger("vaelab.train")
 
@@ -28,6 +28,11 @@ log = logging.getLogger("vaelab.train")
 def build_model(cfg: DictConfig, datamodule: Any, **overrides: Any) -> pl.LightningModule:
     """The VAE of a composed config, sized for ``datamodule``'s images."""
     likelihood = instantiate(cfg.likelihood, image_shape=datamodule.image_shape)
+    if getattr(likelihood, "binarize", None) == "none" and datamodule.levels > 2:
+        raise ConfigError(
+            f"likelihood.binarize=none needs binary data, but these images have {datamodule.levels} intensity "
+            "levels; use likelihood.binarize=dynamic, static or threshold"
+        )
     return instantiate(
         cfg.model,
         likelihood=likelihood,
@@ -41,14 +46,39 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in sorted(metrics.items())}
 
 
+def refuse_to_overwrite(output_dir: Path) -> None:
+    """A run folder that already holds a run's results is never written over."""
+    taken = [name for name in ("metrics.json", "checkpoints", "csv", "images") if (output_dir / name).exists()]
+    if taken:
+        raise ConfigError(
+            f"hydra.run.dir={output_dir} already holds a run ({', '.join(taken)}); choose another folder "
+            "(to continue that run, pass its checkpoint as ckpt_path=)"
+        )
+
+
+def load_data_now(datamodule: pl.LightningDataModule) -> None:
+    """Read (and if asked, download) the data before loggers and the trainer write
+    anything, so missing or corrupt files fail at start-up. Lightning's own calls
+    later find the data module already set up."""
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one model; returns the final metrics (val and test)."""
     validate(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_to_overwrite(output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
 
     datamodule = instantiate(cfg.data)
+    load_data_now(datamodule)
     model = build_model(cfg, datamodule)
     # set after construction: passed through instantiate, its _target_ keys would be built
     model.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -59,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
 
     if cfg.get("test"):
@@ -113,9 +143,14 @@ def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | Non
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @report_user_errors
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
+
+
+def main() -> None:
+    """Console entry point (vaelab-train)."""
+    run_cli(hydra_main)
 
 
 if __name__ == "__main__":

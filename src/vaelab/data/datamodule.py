@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,10 +31,18 @@ def complete_source(source: Source | Callable[..., Source], root: str | None, do
     type ``data.root=...`` and ``data.download=true`` for any file-based data set."""
     if hasattr(source, "load"):
         return source  # type: ignore[return-value]
+    if root is None and _requires(source, "root"):
+        raise ValueError("data.root must be set: the folder that holds this data set's files (data.root=/path/to/folder)")
     kwargs: dict[str, object] = {} if root is None else {"root": str(root)}
     if download:  # only sources that can download take the flag
         kwargs["download"] = True
     return source(**kwargs)
+
+
+def _requires(factory: Callable[..., object], name: str) -> bool:
+    """Whether calling ``factory`` without ``name`` would fail (it has no default)."""
+    parameter = inspect.signature(factory).parameters.get(name)
+    return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
 def _split_tensor(key: str) -> property:
