@@ -4,6 +4,8 @@ downloads come from an HTTP server on 127.0.0.1 started by the test."""
 from __future__ import annotations
 
 import functools
+import http.client
+import urllib.error
 import gzip
 import hashlib
 import io
@@ -675,3 +677,32 @@ def test_cifar10_corrupt_archive_leaves_no_folder(server, tmp_path):
     with pytest.raises(DatasetFormatError, match="cifar-10-python.tar.gz"):
         CIFAR10(root, download=True, mirror=url, checksums={archive.name: md5(archive)}).load()
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_download_cut_off_mid_stream_leaves_nothing(tmp_path):
+    """The server promises more bytes than it sends, then hangs up: an interrupted download."""
+
+    class CutOff(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CutOff)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dest = tmp_path / "out" / "train-images-idx3-ubyte.gz"
+        with pytest.raises((http.client.IncompleteRead, urllib.error.ContentTooShortError)):
+            download_file(f"http://127.0.0.1:{httpd.server_address[1]}/file", dest, md5="0" * 32, progress=False)
+        assert list((tmp_path / "out").iterdir()) == []
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
