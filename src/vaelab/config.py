@@ -9,13 +9,14 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab import schema
+from vaelab import schema, sweeps
 
 # `${vaelab.cwd:}`: the folder the command runs in. Hydra's own `${hydra:runtime.cwd}`
 # cannot be used in paths that hydra.sweep.dir depends on: multirun resolves the
 # sweep folder before the Hydra config is set.
 OmegaConf.register_new_resolver("vaelab.cwd", os.getcwd, replace=True)
 schema.register()
+sweeps.register_resolvers()
 
 
 def config_dir() -> str:

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vaelab.data.arrays import DatasetFormatError, DatasetNotFoundError
 from vaelab.data.download import ChecksumError
 from vaelab.schema import ConfigError
+from vaelab.sweeps import record_command, write_failure
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -107,8 +108,11 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return task(*args, **kwargs)
         except Exception as error:
+            if _in_multirun():  # the launcher records the failure; the folder says why
+                write_failure(Path(HydraConfig.get().runtime.output_dir), error)
+                raise
             message = one_line(error)
-            if message is None or _SHOW_TRACEBACKS or _in_multirun():
+            if message is None or _SHOW_TRACEBACKS:
                 raise
             if HydraConfig.initialized():
                 remove_unstarted_run_dir(Path(HydraConfig.get().runtime.output_dir))
@@ -120,6 +124,7 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
 def run_cli(hydra_main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function so that Hydra's own errors (composition,
     overrides) are one line too: Hydra is told to raise, and we report."""
+    record_command(sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()

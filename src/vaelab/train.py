@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab import sweeps
 from vaelab.config import config_dir, instantiate_dict
 from vaelab.errors import report_user_errors, run_cli
 from vaelab.schema import ConfigError, validate
@@ -66,32 +71,58 @@ def load_data_now(datamodule: pl.LightningDataModule) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train and test one model; returns the final metrics (val and test)."""
+    """Train and test one model; returns the final metrics (val and test).
+
+    Inside a sweep, a job that already finished returns its recorded metrics and an
+    interrupted one continues from its last checkpoint (see :mod:`vaelab.sweeps`).
+    """
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    refuse_to_overwrite(output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    if sweeps.in_multirun():
+        finished = sweeps.finished_result(output_dir)
+        if finished is not None:
+            print(f"Job already finished, reusing its result: {output_dir / 'metrics.json'}", flush=True)
+            return finished["metrics"]
+        ckpt_path = ckpt_path or sweeps.interrupted_checkpoint(output_dir)
+        if ckpt_path:
+            print(f"Job was interrupted, continuing from {ckpt_path}", flush=True)
+    else:
+        refuse_to_overwrite(output_dir)
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    n_jobs = sweeps.parallel_jobs()
+    threads = sweeps.limit_threads(n_jobs)
+    with device_slot(cfg, n_jobs) as devices:
+        datamodule = instantiate(cfg.data)
+        load_data_now(datamodule)
+        model = build_model(cfg, datamodule)
+        # set after construction: passed through instantiate, its _target_ keys would be built
+        model.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        callbacks = instantiate_dict(cfg.get("callbacks"))
+        loggers = instantiate_dict(cfg.get("logger"))
+        trainer_overrides = {"devices": devices} if devices is not None else {}
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
+        failed = True
+        try:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+            metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
+            failed = False
+        finally:
+            finish_experiment_trackers(trainer, failed)
 
-    datamodule = instantiate(cfg.data)
-    load_data_now(datamodule)
-    model = build_model(cfg, datamodule)
-    # set after construction: passed through instantiate, its _target_ keys would be built
-    model.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    callbacks = instantiate_dict(cfg.get("callbacks"))
-    loggers = instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra = {"threads": threads, "parallel_jobs": n_jobs, "devices": devices}
+    write_summary(cfg, trainer, metrics, output_dir, extra)
+    return metrics
 
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: Any) -> dict:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
-
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
@@ -99,13 +130,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(scalar_metrics(trainer.callback_metrics))
         metrics["best_checkpoint"] = best  # type: ignore[assignment]
-
-    write_summary(cfg, trainer, metrics, output_dir)
     return metrics
 
 
+@contextmanager
+def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[list[int] | None]:
+    """The devices this job trains on when the launcher runs jobs in parallel: a slot
+    of its own among the machine's GPUs (``VAELAB_DEVICE_COUNT`` overrides how many
+    there are), ``trainer.devices`` GPUs per slot. None: leave trainer.devices alone."""
+    count = int(os.environ.get("VAELAB_DEVICE_COUNT", "0")) or (
+        torch.cuda.device_count() if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda", "auto") else 0
+    )
+    if n_jobs <= 1 or count == 0:
+        yield None
+        return
+    per_job = cfg.trainer.get("devices")
+    per_job = per_job if isinstance(per_job, int) and per_job > 0 else 1
+    slots = max(1, count // per_job)
+    with sweeps.DeviceSlot(slots) as slot:
+        devices = list(range(slot * per_job, (slot + 1) * per_job))
+        print(f"Job takes device slot {slot} of {slots}: devices {devices}", flush=True)
+        yield devices
+
+
+def finish_experiment_trackers(trainer: pl.Trainer, failed: bool) -> None:
+    """End each job's W&B run (also when the job failed), so the next job in the same
+    process starts a run of its own."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish(exit_code=1 if failed else 0)
+
+
 @rank_zero_only
-def write_summary(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path) -> None:
+def write_summary(
+    cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path, extra: dict[str, Any] | None = None
+) -> None:
     """metrics.json in the run folder, and a note of where everything is."""
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -113,6 +172,7 @@ def write_summary(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, Any],
         "best_checkpoint": metrics.get("best_checkpoint") or None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        **(extra or {}),
     }
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"Run folder: {output_dir}"]

@@ -1,0 +1,186 @@
+"""What a job needs to know about the sweep it belongs to.
+
+- Folder names. A sweep's folder is named after its command (the swept keys and a
+  hash of every override), so re-running the same command finds the same folder and
+  resumes it; each job's sub-folder is named after the overrides that set it apart
+  from the other jobs (readable, with a short hash when long).
+- Resuming. A job whose folder holds ``metrics.json`` is finished: its recorded
+  result is reused. A job whose folder holds ``checkpoints/last.ckpt`` was
+  interrupted: it continues from there.
+- Sharing a machine. Jobs run in parallel by a launcher split the CPU threads
+  between them, and each takes a device slot of its own (a GPU when training on
+  GPUs) that no other running job holds.
+- Failure. A job that fails writes ``FAILED`` with the error into its folder.
+
+The command line is recorded by :func:`record_command` in the launching process, in
+an environment variable, because the job folders are named inside the launcher's
+worker processes, which do not see the original ``sys.argv``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+COMMAND_ENV = "VAELAB_COMMAND_OVERRIDES"
+MAX_NAME = 80
+
+
+def record_command(argv: list[str]) -> None:
+    """Remember this command's overrides for the jobs it launches (see module docstring)."""
+    os.environ[COMMAND_ENV] = json.dumps([a for a in argv if not a.startswith("-")])
+
+
+def command_overrides() -> list[str]:
+    return json.loads(os.environ.get(COMMAND_ENV, "[]"))
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of an override string: no slashes, spaces or quotes."""
+    return re.sub(r"[^A-Za-z0-9=,.+\-_\[\]]", "_", text)
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _is_swept(override: str) -> bool:
+    _, _, value = override.partition("=")
+    outside_brackets = re.sub(r"\[[^\]]*\]", "", value)
+    return "," in outside_brackets or re.match(r"^\s*(range|choice|interval|glob|tag)\(", value) is not None
+
+
+def sweep_name() -> str:
+    """``<swept keys>_<hash of the whole command>``: the same command, the same folder."""
+    overrides = sorted(command_overrides())
+    swept = [_key(o) for o in overrides if _is_swept(o)]
+    prefix = "+".join(swept)[:48] or "sweep"
+    return f"{safe_name(prefix)}_{short_hash(json.dumps(overrides))}"
+
+
+def job_name() -> str:
+    """The overrides that set this job apart (not those shared by the whole command)."""
+    # keys the command sets to one value for every job (compared by key: Hydra writes
+    # a job's values back normalised, e.g. `false` as `False`)
+    shared = {_key(o) for o in command_overrides() if not _is_swept(o)}
+    own = [o for o in HydraConfig.get().overrides.task if _key(o) not in shared and not _key(o).startswith("hydra")]
+    if not own:
+        return f"job{HydraConfig.get().job.num}"
+    name = safe_name(",".join(sorted(own)))
+    if len(name) > MAX_NAME or name != ",".join(sorted(own)):
+        name = f"{name[: MAX_NAME - 9]}-{short_hash(','.join(sorted(own)))}"
+    return name
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("vaelab.sweep_name", sweep_name, replace=True)
+    OmegaConf.register_new_resolver("vaelab.job_name", job_name, replace=True)
+
+
+# -- the job's situation --------------------------------------------------------------
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parallel_jobs() -> int:
+    """How many jobs the launcher runs at once on this machine (1 when not known)."""
+    if not in_multirun():
+        return 1
+    n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if n_jobs is None:
+        return 1
+    n_jobs = int(n_jobs)
+    return os.cpu_count() or 1 if n_jobs < 0 else max(1, n_jobs)
+
+
+def limit_threads(n_jobs: int) -> int:
+    """Give this job its share of the CPU threads, so parallel jobs do not oversubscribe."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    if n_jobs > 1:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """The recorded summary of a job that already finished, else None."""
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def interrupted_checkpoint(run_dir: Path) -> Path | None:
+    path = run_dir / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def write_failure(run_dir: Path, error: BaseException) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "FAILED"
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    path.write_text(f"{type(error).__name__}: {error}\n\n{text}")
+    return path
+
+
+class DeviceSlot:
+    """An exclusive claim on one of ``count`` device slots, held with a file lock for
+    as long as the job runs: parallel jobs on one machine never share a slot (a GPU),
+    whatever order they start and finish in. The lock is released by the OS if the job
+    dies, so a crashed job never strands its GPU."""
+
+    def __init__(self, count: int, lock_dir: str | Path | None = None, group: str = "devices"):
+        if count < 1:
+            raise ValueError("DeviceSlot needs at least one device")
+        self.count = count
+        self.lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / "vaelab-locks")
+        self.group = group
+        self.index: int | None = None
+        self._handle: Any = None
+
+    def acquire(self, poll_s: float = 0.2, timeout_s: float = 24 * 3600) -> int:
+        import time
+
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for index in range(self.count):
+                handle = open(self.lock_dir / f"{self.group}-{index}.lock", "w")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+                self.index, self._handle = index, handle
+                return index
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no free device slot among {self.count} after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle, self.index = None, None
+
+    def __enter__(self) -> int:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
