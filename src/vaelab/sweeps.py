@@ -87,9 +87,21 @@ def job_name() -> str:
     return name
 
 
+def run_group() -> str | None:
+    """The sweep a job belongs to (its W&B group); None for a single run."""
+    return sweep_name() if in_multirun() else None
+
+
+def run_name() -> str | None:
+    """A job's name from its own overrides (its W&B run name); None for a single run."""
+    return job_name() if in_multirun() else None
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("vaelab.sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("vaelab.job_name", job_name, replace=True)
+    OmegaConf.register_new_resolver("vaelab.run_group", run_group, replace=True)
+    OmegaConf.register_new_resolver("vaelab.run_name", run_name, replace=True)
 
 
 # -- the job's situation --------------------------------------------------------------

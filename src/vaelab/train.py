@@ -103,8 +103,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # set after construction: passed through instantiate, its _target_ keys would be built
         model.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         callbacks = instantiate_dict(cfg.get("callbacks"))
+        use_offline_wandb_without_key(cfg)
         loggers = instantiate_dict(cfg.get("logger"))
-        trainer_overrides = {"devices": devices} if devices is not None else {}
+        on_gpu = str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") or (
+            str(cfg.trainer.get("accelerator")) == "auto" and torch.cuda.is_available()
+        )
+        trainer_overrides = {"devices": devices} if devices is not None and on_gpu else {}
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
         failed = True
         try:
@@ -113,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
             failed = False
         finally:
-            finish_experiment_trackers(trainer, failed)
+            finish_experiment_trackers(trainer, None if failed else metrics)
 
     extra = {"threads": threads, "parallel_jobs": n_jobs, "devices": devices}
     write_summary(cfg, trainer, metrics, output_dir, extra)
@@ -137,7 +141,9 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule
 def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[list[int] | None]:
     """The devices this job trains on when the launcher runs jobs in parallel: a slot
     of its own among the machine's GPUs (``VAELAB_DEVICE_COUNT`` overrides how many
-    there are), ``trainer.devices`` GPUs per slot. None: leave trainer.devices alone."""
+    there are), ``trainer.devices`` GPUs per slot. None: leave trainer.devices alone.
+    On CPU the slot is still taken and recorded (that is how it is tested without GPUs)
+    but the trainer's devices are left as they are."""
     count = int(os.environ.get("VAELAB_DEVICE_COUNT", "0")) or (
         torch.cuda.device_count() if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda", "auto") else 0
     )
@@ -153,12 +159,33 @@ def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[list[int] | None]:
         yield devices
 
 
-def finish_experiment_trackers(trainer: pl.Trainer, failed: bool) -> None:
-    """End each job's W&B run (also when the job failed), so the next job in the same
-    process starts a run of its own."""
+def use_offline_wandb_without_key(cfg: DictConfig) -> None:
+    """With no W&B API key, log offline instead of failing, and say how to upload later."""
+    node = OmegaConf.select(cfg, "logger.wandb")
+    if node is None or node.get("mode") != "online":
+        return
+    import wandb
+
+    if wandb.api.api_key:
+        return
+    node.mode = "offline"
+    folder = Path(node.save_dir) / "wandb"
+    log.warning(
+        "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run is logged offline in %s. "
+        "Upload it later with: wandb sync %s/offline-run-*",
+        folder,
+        folder,
+    )
+
+
+def finish_experiment_trackers(trainer: pl.Trainer, metrics: dict[str, Any] | None) -> None:
+    """End each job's W&B run (failed when ``metrics`` is None), with the final test
+    numbers in its summary, so the next job in the same process starts a run of its own."""
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
-            logger.experiment.finish(exit_code=1 if failed else 0)
+            if metrics is not None:
+                logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, float)})
+            logger.experiment.finish(exit_code=0 if metrics is not None else 1)
 
 
 @rank_zero_only

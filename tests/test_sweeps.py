@@ -1,0 +1,148 @@
+"""Multirun sweeps: folder names, resuming, failures, parallel jobs, W&B per job."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import read_metrics, run_cli, script
+from wandb_records import read_run
+
+from vaelab.sweeps import DeviceSlot
+
+QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
+
+
+def _hold_slot(lock_dir, count, hold_s, queue):
+    with DeviceSlot(count, lock_dir=lock_dir) as slot:
+        start = time.monotonic()
+        time.sleep(hold_s)
+        queue.put((slot, start, time.monotonic()))
+
+
+def test_device_slots_are_never_shared_by_running_jobs(tmp_path):
+    """Six jobs, two devices: whatever the timing, no two jobs hold one device at once."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_hold_slot, args=(tmp_path, 2, 0.3 + 0.1 * (i % 3), queue)) for i in range(6)]
+    for p in procs:
+        p.start()
+    held = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert {slot for slot, _, _ in held} == {0, 1}
+    for i, (slot_a, start_a, end_a) in enumerate(held):
+        for slot_b, start_b, end_b in held[i + 1 :]:
+            if slot_a == slot_b:
+                assert end_a <= start_b or end_b <= start_a, "two jobs held one device at once"
+
+
+def test_a_dead_job_releases_its_device(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    holder = ctx.Process(target=_hold_slot, args=(tmp_path, 1, 60, ctx.Queue()))
+    holder.start()
+    time.sleep(1.0)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    with DeviceSlot(1, lock_dir=tmp_path) as slot:
+        assert slot == 0
+
+
+def sweep_dir(tmp_path):
+    (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    return folder
+
+
+def jobs(folder):
+    return sorted(p for p in folder.iterdir() if (p / ".hydra").is_dir())
+
+
+@pytest.mark.slow
+def test_sweep_folders_are_named_after_overrides_and_rerunning_resumes(train, tmp_path):
+    command = ["-m", *QUICK, "trainer.max_epochs=3", "likelihood.sigma=fixed,optimal", "model.beta=0.5,2"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    # interrupt the sweep for real: SIGKILL once the last job has a checkpoint
+    proc = subprocess.Popen([script("vaelab-train"), *command], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last_job = "likelihood.sigma=optimal,model.beta=2"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.glob(f"logs/train/multiruns/*/{last_job}/checkpoints/last.ckpt")):
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = sweep_dir(tmp_path)
+    assert folder.name.startswith("likelihood.sigma+model.beta_")
+    names = [p.name for p in jobs(folder)]
+    assert names == [
+        "likelihood.sigma=fixed,model.beta=0.5",
+        "likelihood.sigma=fixed,model.beta=2",
+        "likelihood.sigma=optimal,model.beta=0.5",
+        "likelihood.sigma=optimal,model.beta=2",
+    ]
+    finished = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in jobs(folder) if (p / "metrics.json").exists()}
+    assert len(finished) == 3 and last_job not in finished
+
+    proc = train(*command)  # the same command again: resume
+    assert proc.stdout.count("Job already finished, reusing its result") == 3
+    assert f"continuing from {folder / last_job / 'checkpoints' / 'last.ckpt'}" in proc.stdout
+    for job in jobs(folder):
+        summary = read_metrics(job)
+        assert summary["epochs"] == 3 and summary["global_step"] == 9
+        if job.name in finished:
+            assert (job / "metrics.json").stat().st_mtime_ns == finished[job.name]
+    assert [p.name for p in jobs(folder)] == names  # nothing new beside them
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_others_finish(train, tmp_path):
+    # sigma = 1e-30 overflows the Gaussian log-density: the loss is infinite at once
+    proc = train("-m", *QUICK, "likelihood.sigma=fixed", "likelihood.sigma_value=1e-30,0.1", check=False)
+    assert proc.returncode != 0
+    folder = sweep_dir(tmp_path)
+    failed = folder / "likelihood.sigma_value=1e-30"
+    ok = folder / "likelihood.sigma_value=0.1"
+    assert "NonFiniteLossError: training stopped: the loss became" in (failed / "FAILED").read_text()
+    assert not (failed / "metrics.json").exists()
+    assert read_metrics(ok)["metrics"]["test/elbo"] < 0 and not (ok / "FAILED").exists()
+
+
+@pytest.mark.slow
+def test_parallel_jobs_share_threads_and_take_their_own_device(tmp_path):
+    env_devices = {"VAELAB_DEVICE_COUNT": "2"}
+    os.environ.update(env_devices)
+    try:
+        run_cli("vaelab-train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *QUICK, "model.beta=0.5,2", cwd=tmp_path)
+    finally:
+        for key in env_devices:
+            os.environ.pop(key)
+    summaries = [read_metrics(job) for job in jobs(sweep_dir(tmp_path))]
+    assert len(summaries) == 2
+    cpus = os.cpu_count() or 1
+    for summary in summaries:
+        assert summary["parallel_jobs"] == 2 and summary["threads"] == max(1, cpus // 2)
+    assert sorted(s["devices"][0] for s in summaries) == [0, 1]
+
+
+@pytest.mark.slow
+def test_wandb_offline_one_run_per_job_with_its_config_and_summary(train, tmp_path):
+    train("-m", *QUICK, "logger=wandb", "model.beta=0.5,2")
+    folder = sweep_dir(tmp_path)
+    runs = {}
+    for job in jobs(folder):
+        (run_file,) = list(job.glob("wandb/offline-run-*/run-*.wandb"))
+        runs[job.name] = read_run(run_file)
+    assert set(runs) == {"model.beta=0.5", "model.beta=2"}
+    for name, run in runs.items():
+        beta = float(name.split("=")[1])
+        assert run["name"] == name and run["group"] == folder.name
+        assert run["config"]["model"]["beta"] == beta and run["config"]["likelihood"]["sigma"] == "learned_shared"
+        expected = read_metrics(folder / name)["metrics"]
+        assert run["summary"]["test/elbo"] == pytest.approx(expected["test/elbo"])
+        assert run["summary"]["test/beta_eff"] == pytest.approx(expected["test/beta_eff"])
+        assert run["exit_code"] == 0 and run["media"] >= 2  # reconstructions and samples
