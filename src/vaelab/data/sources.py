@@ -86,15 +86,12 @@ class Digits:
         return "Digits()"
 
 
-class MNIST:
-    """MNIST from its four IDX files in ``root``, each raw or gzipped."""
+class _DownloadableSource:
+    """A data set in files under ``root`` that can be fetched from ``mirror``, each
+    file checked against its md5 in ``checksums`` (by default the real table)."""
 
-    name = "mnist"
-    image_shape = (1, 28, 28)
-    levels = 256
-    default_mirror = MNIST_MIRROR
-    default_checksums = MNIST_MD5
-    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    default_mirror: str
+    default_checksums: Mapping[str, str]
 
     def __init__(
         self,
@@ -103,11 +100,24 @@ class MNIST:
         mirror: str | None = None,
         checksums: Mapping[str, str] | None = None,
     ) -> None:
-        """``mirror``: base URL holding the .gz files; ``checksums``: md5 per .gz file name."""
         self.root = Path(root).expanduser()
         self.download = bool(download)
         self.mirror = mirror or self.default_mirror
         self.checksums = _checksum_table(checksums, self.default_checksums)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, download={self.download})"
+
+
+class MNIST(_DownloadableSource):
+    """MNIST from its four IDX files in ``root``, each raw or gzipped."""
+
+    name = "mnist"
+    image_shape = (1, 28, 28)
+    levels = 256
+    default_mirror = MNIST_MIRROR
+    default_checksums = MNIST_MD5
+    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
     def _find(self, stem: str) -> Path | None:
         for path in (self.root / stem, self.root / f"{stem}.gz"):
@@ -154,9 +164,6 @@ class MNIST:
             )
         return images.unsqueeze(1).contiguous(), labels.long()
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, download={self.download})"
-
 
 class FashionMNIST(MNIST):
     """Fashion-MNIST: same file names and format as MNIST, different mirror and checksums."""
@@ -166,7 +173,7 @@ class FashionMNIST(MNIST):
     default_checksums = FASHION_MNIST_MD5
 
 
-class CIFAR10:
+class CIFAR10(_DownloadableSource):
     """CIFAR-10 from the python batches in ``root/cifar-10-batches-py/``."""
 
     name = "cifar10"
@@ -178,19 +185,6 @@ class CIFAR10:
     folder = "cifar-10-batches-py"
     train_batches = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_batches = ("test_batch",)
-
-    def __init__(
-        self,
-        root: str | Path,
-        download: bool = False,
-        mirror: str | None = None,
-        checksums: Mapping[str, str] | None = None,
-    ) -> None:
-        """``mirror``: base URL holding the archive; ``checksums``: md5 by archive name."""
-        self.root = Path(root).expanduser()
-        self.download = bool(download)
-        self.mirror = mirror or self.default_mirror
-        self.checksums = _checksum_table(checksums, self.default_checksums)
 
     def missing(self) -> list[Path]:
         return [
@@ -222,9 +216,6 @@ class CIFAR10:
             torch.cat([labels for _, labels in test]),
             self.levels,
         )
-
-    def __repr__(self) -> str:
-        return f"CIFAR10(root={str(self.root)!r}, download={self.download})"
 
 
 class ImageFolder:
