@@ -44,7 +44,7 @@ def test_default_main_job(train, tmp_path):
     for image in ("reconstructions.png", "samples.png"):
         assert (run_dir / "images" / image).stat().st_size > 1000
     summary = read_metrics(run_dir)
-    assert summary["epochs"] == 30
+    assert summary["epochs"] == 100
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv"])

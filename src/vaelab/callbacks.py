@@ -16,9 +16,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 
-def make_grid(images: Tensor, nrow: int | None = None, padding: int = 1, min_cell: int = 56) -> Tensor:
+def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, min_cell: int = 56, fill: float = 0.5) -> Tensor:
     """Tile (N, C, H, W) images in [0, 1] into one (H', W', C) uint8 array, upscaled
-    by an integer factor so that each cell is at least ``min_cell`` pixels high."""
+    by an integer factor so that each cell is at least ``min_cell`` pixels high, on a
+    mid-grey ``fill`` that stays visible against both black backgrounds and white strokes."""
     images = images.detach().float().clamp(0, 1).cpu()
     n, c, h, w = images.shape
     scale = max(1, math.ceil(min_cell / h))
@@ -27,7 +28,7 @@ def make_grid(images: Tensor, nrow: int | None = None, padding: int = 1, min_cel
         h, w = h * scale, w * scale
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
-    grid = torch.ones(c, ncol * (h + padding) + padding, nrow * (w + padding) + padding)
+    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), fill)
     for i in range(n):
         r, q = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + q * (w + padding)
