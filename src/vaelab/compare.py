@@ -239,7 +239,7 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
     job_dir = Path(job_dir)
     sweep = Path(sweep) if sweep is not None else job_dir
     rel = job_dir.relative_to(sweep).as_posix() if job_dir != sweep and job_dir.is_relative_to(sweep) else job_dir.name
-    record: dict[str, Any] = {"job": rel, "path": str(job_dir), "sweep": str(sweep), "status": "started", "message": ""}
+    record: dict[str, Any] = {"job": rel, "path": str(job_dir.absolute()), "sweep": str(sweep), "status": "started", "message": ""}
     problems: list[str] = []
 
     def read(path: Path, reader: Any, default: Any) -> Any:
@@ -353,15 +353,21 @@ def setting(record: dict[str, Any], key: str) -> str:
 
 
 def sweep_overrides(sweep: str | Path) -> list[str] | None:
-    """The command's overrides from the sweep's ``multirun.yaml`` (None when absent)."""
+    """The sweep's overrides from its ``multirun.yaml``: the command's, then the
+    sweeper's ``params`` (as an experiment config sets them). None when absent."""
     path = Path(sweep) / "multirun.yaml"
     if not path.is_file():
         return None
     try:
-        task = config_value(_read_yaml(path), "hydra.overrides.task")
+        multirun = _read_yaml(path)
     except Exception:  # noqa: BLE001
         return None
-    return [str(o) for o in task] if isinstance(task, list) else None
+    task = config_value(multirun, "hydra.overrides.task")
+    params = config_value(multirun, "hydra.sweeper.params")
+    overrides = [str(o) for o in task] if isinstance(task, list) else []
+    if isinstance(params, dict):
+        overrides += [f"{key}={value}" for key, value in params.items()]
+    return overrides
 
 
 def _swept_in_command(overrides: Sequence[str]) -> list[str]:
@@ -369,10 +375,18 @@ def _swept_in_command(overrides: Sequence[str]) -> list[str]:
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-        return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-    except Exception:  # noqa: BLE001 - an unparsable command: fall back to the jobs' values
+        parser = OverridesParser.create()
+    except Exception:  # noqa: BLE001
         return []
+    keys = []
+    for override in overrides:
+        try:
+            (parsed,) = parser.parse_overrides([override])
+        except Exception:  # noqa: BLE001 - an unparsable one: the jobs' values decide
+            continue
+        if parsed.is_sweep_override():
+            keys.append(parsed.get_key_element().lstrip("+~"))
+    return keys
 
 
 def swept_keys(records: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
@@ -475,11 +489,10 @@ class Table:
         lines = [f"# {title}", ""] if title else []
         direction = "higher is better" if higher_is_better(self.metric) else "lower is better"
         what = "test NLL (test/nll_iw, else -test/elbo)" if self.metric == DEFAULT_METRIC else self.metric
-        lines.append(f"{self.summary()}. Sorted by {what}, {direction}; jobs not done are listed last.")
+        lines += [f"{self.summary()}. Sorted by {what}, {direction}; jobs not done are listed last.", ""]
         if self.common:
-            lines.append("Overrides shared by every job: " + ", ".join(f"`{k}={v}`" for k, v in self.common.items()) + ".")
-        lines.append("Nats per image; beta_eff = 2 sigma^2 beta (equal beta_eff: the same objective).")
-        lines.append("")
+            lines += ["Overrides shared by every job: " + ", ".join(f"`{k}={v}`" for k, v in self.common.items()) + ".", ""]
+        lines += ["Nats per image; beta_eff = 2 sigma^2 beta (equal beta_eff: the same objective).", ""]
         lines.append("| " + " | ".join(c.header for c in self.columns) + " |")
         lines.append("|" + "|".join("---" if c.fmt == "{}" else "---:" for c in self.columns) + "|")
         for row in self.rows:
@@ -547,6 +560,9 @@ def build_table(records: Sequence[dict[str, Any]], metric: str | None = None) ->
             notes.append(f"`{row['job']}` ({row['status']}): {row['message']}")
     if not counts["done"]:
         notes.append("No job has finished yet: no test numbers.")
+    if metric != DEFAULT_METRIC and all(metric_value(r, metric) is None for r in records):
+        logged = sorted({k for r in records for k in r if "/" in k and isinstance(r[k], float)})
+        notes.append(f"No job logged {metric}, so the rows are in folder order; logged metrics: {', '.join(logged)}.")
     return Table(columns, rows, metric, swept, common, counts, notes)
 
 
@@ -635,7 +651,7 @@ def _merge_close(
 
 
 def _beta_axis(ax: Any, betas: Sequence[float]) -> None:
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     if any(b <= 0 for b in betas):
         positive = [b for b in betas if b > 0]
@@ -648,7 +664,9 @@ def _beta_axis(ax: Any, betas: Sequence[float]) -> None:
         ax.set_xticklabels([f"{b:g}" for b in distinct])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("β (KL weight in training)")
+    else:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.set_xlabel("β (KL weight in training; log scale)")
 
 
 def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | None = None) -> Any:
@@ -724,10 +742,11 @@ def _tile(record: dict[str, Any], box: int, with_map: bool) -> Any:
 
 
 def _grid_shape(n: int, cell_w: float, cell_h: float, max_cols: int, target: float = 1.4) -> tuple[int, int]:
-    """Columns and rows for ``n`` cells whose figure is closest to ``target`` wide:high."""
+    """Columns and rows for ``n`` cells: a figure close to ``target`` wide:high, with
+    few empty cells."""
     best = min(
         range(1, max(1, min(n, max_cols)) + 1),
-        key=lambda c: abs(math.log((c * cell_w) / (math.ceil(n / c) * cell_h) / target)),
+        key=lambda c: abs(math.log((c * cell_w) / (math.ceil(n / c) * cell_h) / target)) + (c * math.ceil(n / c) - n) / n,
     )
     return best, math.ceil(n / best)
 
@@ -787,7 +806,7 @@ def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(records, metric)
     written = [out / "table.md", table.write_csv(out / "table.csv")]
-    written[0].write_text(table.markdown(title=f"Sweep {sweep.resolve().name}"))
+    written[0].write_text(table.markdown(title=f"Sweep {sweep.resolve()}"))
     ordered = sort_records(records, table.metric)
     skipped = []
     for name, plot in (
@@ -824,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     table = result.table
-    print(table.markdown(title=f"Sweep {args.sweep}"))
+    print(table.markdown(title=f"Sweep {args.sweep.resolve()}"))
     if not table.counts["done"]:
         others = ", ".join(f"{n} {s}" for s, n in table.counts.items() if n)
         print(f"No finished jobs yet ({others}): wrote the table only; the plots need finished jobs.")

@@ -84,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if finished is not None:
             print(f"Job already finished, reusing its result: {output_dir / 'metrics.json'}", flush=True)
             return finished["metrics"]
+        (output_dir / "FAILED").unlink(missing_ok=True)  # an earlier try's; this one may succeed
         ckpt_path = ckpt_path or sweeps.interrupted_checkpoint(output_dir)
         if ckpt_path:
             print(f"Job was interrupted, continuing from {ckpt_path}", flush=True)

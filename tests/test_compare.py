@@ -1,0 +1,433 @@
+"""vaelab-compare: reading a sweep's jobs, the table, the plots, the notebook.
+
+The fast tests write job folders in the real formats (what vaelab-train and Hydra
+write); the slow one runs a real sweep through the command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import run_cli
+from omegaconf import OmegaConf
+from PIL import Image
+
+from vaelab import compare
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "compare_sweep.ipynb"
+PLOTS = ("rate_distortion.png", "elbo_nll_vs_beta.png", "montage.png")
+
+
+# -- job folders in the formats vaelab-train writes -------------------------------------
+def composed_config(likelihood: str = "gaussian", sigma: str = "fixed", beta: float = 1.0, sigma_value: float = 0.1, latent_dim: int = 16) -> dict:
+    if likelihood == "gaussian":
+        lik = {
+            "_target_": "vaelab.model.likelihoods.GaussianLikelihood",
+            "sigma": sigma, "sigma_value": sigma_value, "sigma_init": 0.1, "log_sigma_min": -6.0, "log_sigma_max": 2.0,
+            "optimal_shape": "shared", "optimal_momentum": 0.99, "dequantize": True,
+        }
+    else:
+        lik = {"_target_": "vaelab.model.likelihoods.BernoulliLikelihood", "binarize": "dynamic"}
+    return {
+        "task_name": "train", "seed": 42, "test": True, "optimized_metric": "val/elbo",
+        "data": {"_target_": "vaelab.data.ImageDataModule", "batch_size": 128, "seed": "${seed}"},
+        "model": {"_target_": "vaelab.model.vae.VAE", "latent_dim": latent_dim, "beta": beta, "test_iw_samples": 4},
+        "likelihood": lik,
+        "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+    }
+
+
+def write_png(path: Path, size: tuple[int, int], mode: str = "L", seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(path)
+
+
+def write_csv_log(path: Path, val_elbos: list[float], beta_eff: float | None = None) -> None:
+    """Lightning CSVLogger rows: per-step train rows, then one val row per epoch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ["epoch", "step", "train/elbo", "train/loss", "val/elbo", "val/kl", "val/beta_eff"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, names)
+        writer.writeheader()
+        step = 0
+        for epoch, val in enumerate(val_elbos):
+            for _ in range(2):
+                writer.writerow({"epoch": epoch, "step": step, "train/elbo": val - 5, "train/loss": 5 - val})
+                step += 1
+            writer.writerow({"epoch": epoch, "step": step - 1, "val/elbo": val, "val/kl": 1.5, "val/beta_eff": "" if beta_eff is None else beta_eff})
+
+
+def make_job(
+    sweep: Path,
+    name: str,
+    overrides: list[str],
+    *,
+    status: str = "done",
+    likelihood: str = "gaussian",
+    sigma: str = "fixed",
+    beta: float = 1.0,
+    sigma_value: float = 0.1,
+    sigma_mean: float | None = None,
+    latent_dim: int = 16,
+    nll: float | None = 100.0,
+    elbo: float = -110.0,
+    kl: float = 5.0,
+    images: bool = True,
+    sigma_map: bool = False,
+    val_elbos: tuple[float, ...] = (-130.0, -120.0, -115.0),
+) -> Path:
+    """A job folder as vaelab-train leaves it: done, running (csv only), failed
+    (FAILED marker, or a log ending in a traceback), or started (nothing logged)."""
+    job = sweep / name
+    hydra_dir = job / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(composed_config(likelihood, sigma, beta, sigma_value, latent_dim)), hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+    choices = {"data": "digits", "model": "mlp", "likelihood": likelihood, "debug": "short"}
+    (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}))
+    (job / "train.log").write_text("")
+    gaussian = likelihood == "gaussian"
+    sigma_mean = sigma_value if sigma_mean is None else sigma_mean
+    beta_eff = 2 * sigma_mean**2 * beta if gaussian else None
+    if status == "started":
+        return job
+    write_csv_log(job / "csv" / "metrics.csv", list(val_elbos), beta_eff)
+    if status == "done":
+        metrics = {"val/elbo": val_elbos[-1], "test/elbo": elbo, "test/recon": elbo + kl, "test/kl": kl, "test/bpd": -elbo / 44.0}
+        if nll is not None:
+            metrics |= {"test/nll_iw": nll, "test/bpd_iw": nll / 44.0}
+        if gaussian:
+            metrics |= {"test/beta_eff": beta_eff, "test/sigma_mean": sigma_mean, "val/beta_eff": beta_eff}
+        summary = {"metrics": metrics, "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"), "epochs": len(val_elbos), "global_step": 6}
+        (job / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if images:
+            write_png(job / "images" / "samples.png", (457, 457), seed=len(name))
+            write_png(job / "images" / "reconstructions.png", (457, 457))
+            if sigma_map:
+                write_png(job / "images" / "sigma_map.png", (500, 300), "RGB")
+    elif status == "failed":
+        (job / "FAILED").write_text("NonFiniteLossError: training stopped: the loss became nan at step 4\n\nTraceback (most recent call last):\n ...\n")
+    elif status == "failed_log":
+        (job / "train.log").write_text(
+            "[2026-11-21 09:13:52,734][vaelab.train][INFO] - starting\n"
+            "Traceback (most recent call last):\n"
+            '  File "train.py", line 3, in <module>\n'
+            "    raise RuntimeError('CUDA out of memory')\n"
+            "RuntimeError: CUDA out of memory\n"
+        )
+    return job
+
+
+def multirun_yaml(sweep: Path, overrides: list[str], params: dict[str, str] | None = None) -> None:
+    hydra = {"overrides": {"task": overrides}, "sweeper": {"params": params}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """2 sigma modes x 2 betas, done, in folders named neither by number nor in order."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    multirun_yaml(root, ["debug=short", "likelihood.sigma=fixed,learned_shared", "model.beta=0.5,2"])
+    make_job(root, "sigma=fixed,beta=0.5", ["debug=short", "likelihood.sigma=fixed", "model.beta=0.5"], beta=0.5, nll=120.0, elbo=-125.0)
+    make_job(root, "sigma=fixed,beta=2", ["debug=short", "likelihood.sigma=fixed", "model.beta=2"], beta=2.0, nll=118.0, elbo=-124.0)
+    make_job(root, "x/sigma=learned,beta=0.5", ["debug=short", "likelihood.sigma=learned_shared", "model.beta=0.5"],
+             sigma="learned_shared", sigma_mean=0.2, beta=0.5, nll=60.0, elbo=-65.0, kl=3.0)
+    make_job(root, "x/sigma=learned,beta=2", ["debug=short", "likelihood.sigma=learned_shared", "model.beta=2"],
+             sigma="learned_shared", sigma_mean=0.3, beta=2.0, nll=70.0, elbo=-72.0, kl=1.0)
+    return root
+
+
+def column(table: compare.Table, key: str) -> list:
+    return [row.get(key) for row in table.rows]
+
+
+# -- finding and reading jobs ---------------------------------------------------------
+def test_jobs_are_found_by_their_config_not_their_folder_name(sweep):
+    (sweep / "notes").mkdir()  # no .hydra/config.yaml: not a job
+    (sweep / "compare").mkdir()
+    (sweep / "job10").mkdir()
+    make_job(sweep, "job10/inner", ["model.beta=1"])
+    make_job(sweep, "job2", ["model.beta=1"])
+    jobs = [p.relative_to(sweep).as_posix() for p in compare.find_jobs(sweep)]
+    assert jobs == ["job2", "job10/inner", "sigma=fixed,beta=0.5", "sigma=fixed,beta=2", "x/sigma=learned,beta=0.5", "x/sigma=learned,beta=2"]
+    # a single run folder is a sweep of one job
+    assert compare.find_jobs(sweep / "job2") == [sweep / "job2"]
+
+
+def test_a_job_record_is_flat_and_holds_its_numbers(sweep):
+    record = compare.load_job(sweep / "x" / "sigma=learned,beta=2", sweep)
+    assert record["job"] == "x/sigma=learned,beta=2" and record["status"] == "done"
+    assert record["likelihood"] == "gaussian" and record["sigma"] == "learned_shared" and record["beta"] == 2.0
+    assert record["test/elbo"] == -72.0 and record["test/kl"] == 1.0 and record["nll"] == 70.0
+    assert record["nll_source"] == "test/nll_iw" and record["bpd"] == pytest.approx(70 / 44)
+    assert record["beta_eff"] == pytest.approx(2 * 0.3**2 * 2)
+    assert record["val_elbo_best"] == -115.0 and record["epochs"] == 3
+    assert record["overrides"] == {"debug": "short", "likelihood.sigma": "learned_shared", "model.beta": "2"}
+    assert record["has_samples"] and not record["has_sigma_map"]
+    nested = {k for k, v in record.items() if isinstance(v, (dict, list))}
+    assert nested == set(compare.NESTED)
+
+
+# -- the table ------------------------------------------------------------------------
+def test_rows_are_sorted_by_test_nll_falling_back_to_minus_elbo(sweep):
+    make_job(sweep, "no_iw", ["debug=short", "likelihood.sigma=fixed", "model.beta=1"], nll=None, elbo=-90.0)
+    table = compare.build_table(compare.load_sweep(sweep))
+    assert column(table, "job") == ["x/sigma=learned,beta=0.5", "x/sigma=learned,beta=2", "no_iw", "sigma=fixed,beta=2", "sigma=fixed,beta=0.5"]
+    assert column(table, "nll") == [60.0, 70.0, 90.0, 118.0, 120.0]
+    assert "| 90.00* |" in table.markdown() and "-test/elbo is shown" in table.markdown()
+    # another metric, and its direction: ELBOs sort highest first
+    by_elbo = compare.build_table(compare.load_sweep(sweep), metric="test/elbo")
+    assert column(by_elbo, "test/elbo") == sorted(column(by_elbo, "test/elbo"), reverse=True)
+    by_kl = compare.build_table(compare.load_sweep(sweep), metric="test/kl")
+    assert column(by_kl, "test/kl") == sorted(column(by_kl, "test/kl"))
+
+
+def test_swept_keys_are_columns_and_shared_overrides_are_noted(sweep):
+    # a job that lacks an override another job has: its value comes from its config
+    make_job(sweep, "wide", ["debug=short", "likelihood.sigma=fixed", "model.beta=1", "model.latent_dim=32"], latent_dim=32, nll=200.0)
+    table = compare.build_table(compare.load_sweep(sweep))
+    assert table.swept == ["likelihood.sigma", "model.beta", "model.latent_dim"]
+    assert table.common == {"debug": "short"}
+    headers = [c.header for c in table.columns]
+    assert headers[:5] == ["job", "status", "likelihood.sigma", "model.beta", "model.latent_dim"]
+    rows = {row["job"]: row for row in table.rows}
+    assert rows["wide"]["set:model.latent_dim"] == "32" and rows["sigma=fixed,beta=2"]["set:model.latent_dim"] == "16"
+    assert rows["x/sigma=learned,beta=2"]["set:likelihood.sigma"] == "learned_shared"
+    assert "Overrides shared by every job: `debug=short`" in table.markdown()
+    out = table.write_csv(sweep / "t.csv")
+    read = list(csv.DictReader(out.open()))
+    assert read[-1]["model.latent_dim"] == "32" and read[0]["likelihood.sigma"] == "learned_shared"
+
+
+def test_a_key_the_command_sweeps_is_a_column_even_while_one_job_exists(tmp_path):
+    root = tmp_path / "early"
+    root.mkdir()
+    multirun_yaml(root, ["debug=short", "model.beta=0.5,1,2"])
+    make_job(root, "model.beta=0.5", ["debug=short", "model.beta=0.5"], status="running")
+    table = compare.build_table(compare.load_sweep(root))
+    assert table.swept == ["model.beta"] and table.common == {"debug": "short"}
+
+
+def test_keys_an_experiment_sweeps_count_too_and_a_group_choice_is_its_own_column(tmp_path):
+    """experiment=beta_sigma_grid sweeps through hydra.sweeper.params, over named
+    likelihood choices (gaussian_fixed, ..., bernoulli)."""
+    root = tmp_path / "grid"
+    root.mkdir()
+    multirun_yaml(root, ["experiment=beta_sigma_grid"], {"likelihood": "gaussian_fixed,bernoulli", "model.beta": "0.5,2"})
+    make_job(root, "likelihood=gaussian_fixed,model.beta=0.5", ["experiment=beta_sigma_grid", "likelihood=gaussian_fixed", "model.beta=0.5"], beta=0.5)
+    table = compare.build_table(compare.load_sweep(root))
+    assert table.swept == ["likelihood", "model.beta"] and table.common == {"experiment": "beta_sigma_grid"}
+    headers = [c.header for c in table.columns]
+    assert headers[2:4] == ["likelihood (override)", "model.beta"] and headers.count("likelihood") == 1
+    assert table.rows[0]["set:likelihood"] == "gaussian_fixed" and table.rows[0]["likelihood"] == "gaussian"
+    header = next(csv.reader(table.write_csv(tmp_path / "t.csv").open()))
+    assert len(header) == len(set(header))
+
+
+def test_beta_eff_sits_next_to_beta_and_shows_equal_objectives(tmp_path):
+    root = tmp_path / "objectives"
+    root.mkdir()
+    # 2 * 0.1^2 * 2 == 2 * 0.2^2 * 0.5 == 0.04: one objective, two settings
+    make_job(root, "a", ["likelihood.sigma_value=0.1", "model.beta=2"], beta=2.0, sigma_value=0.1, nll=110.0)
+    make_job(root, "b", ["likelihood.sigma_value=0.2", "model.beta=0.5"], beta=0.5, sigma_value=0.2, nll=90.0)
+    make_job(root, "c", ["likelihood=bernoulli", "model.beta=1"], likelihood="bernoulli", beta=1.0, nll=80.0)
+    table = compare.build_table(compare.load_sweep(root))
+    keys = [c.key for c in table.columns]
+    assert keys.index("beta_eff") == keys.index("beta") + 1
+    rows = {row["job"]: row for row in table.rows}
+    assert rows["a"]["beta_eff"] == pytest.approx(0.04) and rows["b"]["beta_eff"] == pytest.approx(0.04)
+    assert rows["c"]["beta_eff"] is None and rows["c"]["sigma"] == "" and rows["c"]["likelihood"] == "bernoulli"
+    assert rows["a"]["sigma"] == "fixed 0.1" and rows["b"]["sigma"] == "fixed 0.2"
+    lines = {line.split("|")[1].strip(): line for line in table.markdown().splitlines() if line.startswith("| ")}
+    assert "| 2 | 0.04 |" in lines["a"] and "| 0.5 | 0.04 |" in lines["b"]
+    assert "| bernoulli |  | 1 |  |" in lines["c"]
+
+
+def test_running_started_and_failed_jobs_are_listed_last_with_partial_numbers(sweep):
+    make_job(sweep, "running", ["debug=short", "likelihood.sigma=fixed", "model.beta=1"], status="running", val_elbos=(-140.0, -135.0))
+    make_job(sweep, "crashed", ["debug=short", "likelihood.sigma=fixed", "model.beta=4"], status="failed_log", val_elbos=(-150.0,))
+    make_job(sweep, "diverged", ["debug=short", "likelihood.sigma=fixed", "model.beta=8"], status="failed", val_elbos=(-160.0,))
+    make_job(sweep, "waiting", ["debug=short", "likelihood.sigma=fixed", "model.beta=16"], status="started")
+    records = compare.load_sweep(sweep)
+    table = compare.build_table(records)
+    assert column(table, "status") == ["done"] * 4 + ["running", "started", "failed", "failed"]
+    assert column(table, "job")[4:] == ["running", "waiting", "crashed", "diverged"]
+    rows = {row["job"]: row for row in table.rows}
+    assert rows["running"]["val_elbo_best"] == -135.0 and rows["running"]["epochs"] == 2 and rows["running"]["nll"] is None
+    assert rows["running"]["beta_eff"] == pytest.approx(0.02)  # last logged val/beta_eff
+    assert rows["crashed"]["message"] == "RuntimeError: CUDA out of memory"
+    assert rows["diverged"]["message"].startswith("NonFiniteLossError: training stopped")
+    assert table.counts == {"done": 4, "running": 1, "started": 1, "failed": 2}
+    text = table.markdown()
+    assert "8 jobs: 4 done, 1 running, 1 started, 2 failed" in text
+    assert "`diverged` (failed): NonFiniteLossError" in text and "`crashed` (failed): RuntimeError: CUDA out of memory" in text
+
+
+def test_a_failure_marker_older_than_the_result_is_from_an_earlier_try(sweep):
+    job = sweep / "sigma=fixed,beta=2"
+    marker = job / "FAILED"
+    marker.write_text("RuntimeError: killed\n")
+    old = time.time() - 600
+    os.utime(marker, (old, old))
+    assert compare.load_job(job, sweep)["status"] == "done"
+    os.utime(marker, None)  # newer than metrics.json: this try failed
+    assert compare.load_job(job, sweep)["status"] == "failed"
+
+
+def test_damaged_files_leave_blanks_not_crashes(sweep):
+    job = sweep / "sigma=fixed,beta=2"
+    (job / "metrics.json").write_text('{"metrics": {"test/el')  # caught half-written
+    (job / "csv" / "metrics.csv").write_text("epoch,step,val/elbo\n0,2,abc\n")
+    (job / "images" / "samples.png").write_bytes(b"not a png")
+    result = compare.compare(sweep)
+    row = next(r for r in result.table.rows if r["job"] == "sigma=fixed,beta=2")
+    assert row["status"] == "running" and "metrics.json unreadable" in row["message"]
+    assert {p.name for p in result.written} == {"table.md", "table.csv", *PLOTS}
+
+
+# -- the command and its files --------------------------------------------------------
+def assert_image(path: Path, min_side: int = 300, max_side: int = 3000) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        width, height = image.size
+        assert image.format == "PNG"
+    assert min_side <= width <= max_side and min_side <= height <= max_side, (path.name, width, height)
+    return width, height
+
+
+def test_the_command_writes_the_table_and_readable_plots(sweep, capsys):
+    make_job(sweep, "bern", ["debug=short", "likelihood=bernoulli", "model.beta=1"], likelihood="bernoulli", nll=80.0)
+    make_job(sweep, "pix", ["debug=short", "likelihood.sigma=learned_pixel", "model.beta=1"], sigma="learned_pixel", sigma_map=True, nll=50.0)
+    assert compare.main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    folder = sweep / "compare"
+    for name in ("table.md", "table.csv", *PLOTS):
+        assert str(folder / name) in out
+    assert "| job | status |" in out and "6 jobs: 6 done" in out
+    assert (folder / "table.md").read_text().count("\n| ") == 7  # header + 6 rows
+    rows = list(csv.DictReader((folder / "table.csv").open()))
+    assert [r["job"] for r in rows][:2] == ["pix", "x/sigma=learned,beta=0.5"]
+    for name in PLOTS:
+        assert_image(folder / name)
+    width, height = assert_image(folder / "elbo_nll_vs_beta.png")
+    assert width > height  # two panels side by side
+
+
+def test_out_and_metric_options(sweep, tmp_path, capsys):
+    out = tmp_path / "elsewhere"
+    assert compare.main([str(sweep), "--out", str(out), "--metric", "test/bpd"]) == 0
+    assert not (sweep / "compare").exists() and (out / "table.md").is_file()
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert "test/bpd" in rows[0] and [float(r["test/bpd"]) for r in rows] == sorted(float(r["test/bpd"]) for r in rows)
+    assert "Sorted by test/bpd, lower is better" in capsys.readouterr().out
+
+
+def test_a_sweep_with_no_finished_job_still_writes_its_table(tmp_path, capsys):
+    root = tmp_path / "young"
+    make_job(root, "0", ["model.beta=1"], status="running")
+    make_job(root, "1", ["model.beta=2"], status="failed")
+    assert compare.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "No finished jobs yet (1 running, 1 failed)" in out
+    assert (root / "compare" / "table.md").is_file() and (root / "compare" / "table.csv").is_file()
+    assert not any((root / "compare" / name).exists() for name in PLOTS)
+    assert "No job has finished yet" in (root / "compare" / "table.md").read_text()
+
+
+def test_a_folder_without_jobs_is_an_error(tmp_path, capsys):
+    assert compare.main([str(tmp_path)]) == 2
+    assert "no jobs under" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "missing")]) == 2
+
+
+def test_the_montage_of_many_jobs_is_a_grid_of_modest_size(tmp_path):
+    root = tmp_path / "big"
+    for i in range(24):
+        sigma = ("fixed", "learned_pixel", "optimal")[i % 3]
+        make_job(root, f"job{i}", [f"likelihood.sigma={sigma}", f"model.beta={i}"], sigma=sigma, beta=float(i + 1),
+                 sigma_map=sigma == "learned_pixel", nll=100.0 - i, kl=1.0 + i)
+    records = compare.sort_records(compare.load_sweep(root))
+    fig = compare.plot_montage(records, root / "montage.png")
+    assert len([ax for ax in fig.axes if ax.images]) == 24
+    width, height = assert_image(root / "montage.png", min_side=800, max_side=2600)
+    assert 0.5 < width / height < 3
+    # the rate-distortion plot has one line per sigma mode, one labelled point per beta
+    fig = compare.plot_rate_distortion(records)
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[0].texts) == 24
+    # points that coincide share one label
+    for record in records:
+        record["test/kl"], record["test/recon"] = 2.0, -100.0
+    fig = compare.plot_rate_distortion(records)
+    labels = sorted(text.get_text() for text in fig.axes[0].texts)
+    assert labels[0] == "β=" + ", ".join(str(b) for b in range(1, 25, 3)) and len(labels) == 3
+
+
+def test_importing_the_module_stays_light():
+    code = "import sys, vaelab.compare; print(sorted(m for m in ('torch', 'matplotlib', 'lightning', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -- end to end: a real sweep, the command, the notebook -------------------------------
+def execute_notebook(path: Path, sweep: Path, tmp_path: Path, monkeypatch) -> object:
+    """Run the notebook in a kernel of this interpreter (the venv's), with
+    VAELAB_SWEEP set; nbclient raises on the first cell that fails."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    kernels = tmp_path / "jupyter" / "kernels" / "python3"
+    kernels.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Python 3 (venv)", "language": "python"}
+    (kernels / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))  # searched first: this venv's python3 kernel
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("VAELAB_SWEEP", str(sweep))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = nbformat.read(path, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "commit the notebook with outputs cleared"
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+@pytest.mark.slow
+def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, monkeypatch):
+    run_cli("vaelab-train", "-m", "debug=short", "trainer.enable_progress_bar=false",
+            "likelihood.sigma=fixed,optimal", "model.beta=0.5,2", cwd=tmp_path)
+    (sweep,) = [p.parent for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/multirun.yaml")]
+    proc = run_cli("vaelab-compare", str(sweep), cwd=tmp_path)
+    folder = sweep / "compare"
+    for name in ("table.md", "table.csv", *PLOTS):
+        assert str(folder / name) in proc.stdout
+    rows = list(csv.DictReader((folder / "table.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert {(r["likelihood.sigma"], r["model.beta"]) for r in rows} == {("fixed", "0.5"), ("fixed", "2"), ("optimal", "0.5"), ("optimal", "2")}
+    nlls = [float(r["nll"]) for r in rows]
+    assert nlls == sorted(nlls) and all(r["nll_source"] == "test/nll_iw" for r in rows)
+    for r in rows:  # beta_eff is the logged test/beta_eff: 2 sigma^2 beta
+        metrics = json.loads((Path(r["path"]) / "metrics.json").read_text())["metrics"]
+        assert float(r["beta_eff"]) == pytest.approx(2 * metrics["test/sigma_mean"] ** 2 * float(r["beta"]), rel=1e-3)
+    for name in PLOTS:
+        assert_image(folder / name)
+
+    nb = execute_notebook(NOTEBOOK, sweep, tmp_path, monkeypatch)
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    pngs = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert len(pngs) == 3  # rate-distortion, ELBO/NLL against beta, montage
+    markdown = [out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})]
+    assert len(markdown) == 1 and markdown[0].count("| done |") == 4
