@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     n_jobs = sweeps.parallel_jobs()
     threads = sweeps.limit_threads(n_jobs)
-    with device_slot(cfg, n_jobs) as devices:
+    with device_slot(cfg, n_jobs) as claim:
+        devices = claim.devices
         datamodule = instantiate(cfg.data)
         load_data_now(datamodule)
         model = build_model(cfg, datamodule)
@@ -120,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finally:
             finish_experiment_trackers(trainer, None if failed else metrics)
 
-    extra = {"threads": threads, "parallel_jobs": n_jobs, "devices": devices}
+    extra = {"threads": threads, "parallel_jobs": n_jobs, "devices": devices, "devices_held": claim.held}
     write_summary(cfg, trainer, metrics, output_dir, extra)
     return metrics
 
@@ -138,8 +141,16 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule
     return metrics
 
 
+@dataclass
+class DeviceClaim:
+    """The devices a job holds (None: leave trainer.devices alone) and when it held them."""
+
+    devices: list[int] | None = None
+    held: list[float] | None = None  # wall-clock [start, end], recorded in metrics.json
+
+
 @contextmanager
-def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[list[int] | None]:
+def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[DeviceClaim]:
     """The devices this job trains on when the launcher runs jobs in parallel: a slot
     of its own among the machine's GPUs (``VAELAB_DEVICE_COUNT`` overrides how many
     there are), ``trainer.devices`` GPUs per slot. None: leave trainer.devices alone.
@@ -148,16 +159,21 @@ def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[list[int] | None]:
     count = int(os.environ.get("VAELAB_DEVICE_COUNT", "0")) or (
         torch.cuda.device_count() if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda", "auto") else 0
     )
+    claim = DeviceClaim()
     if n_jobs <= 1 or count == 0:
-        yield None
+        yield claim
         return
     per_job = cfg.trainer.get("devices")
     per_job = per_job if isinstance(per_job, int) and per_job > 0 else 1
     slots = max(1, count // per_job)
     with sweeps.DeviceSlot(slots) as slot:
-        devices = list(range(slot * per_job, (slot + 1) * per_job))
-        print(f"Job takes device slot {slot} of {slots}: devices {devices}", flush=True)
-        yield devices
+        claim.devices = list(range(slot * per_job, (slot + 1) * per_job))
+        print(f"Job takes device slot {slot} of {slots}: devices {claim.devices}", flush=True)
+        start = time.time()
+        try:
+            yield claim
+        finally:
+            claim.held = [start, time.time()]
 
 
 def use_offline_wandb_without_key(cfg: DictConfig) -> None:
