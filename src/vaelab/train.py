@@ -104,20 +104,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule = instantiate(cfg.data)
         load_data_now(datamodule)
         model = build_model(cfg, datamodule)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         # set after construction: passed through instantiate, its _target_ keys would be built
-        model.run_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        model.run_config = resolved
         callbacks = instantiate_dict(cfg.get("callbacks"))
         use_offline_wandb_without_key(cfg)
         loggers = instantiate_dict(cfg.get("logger"))
-        on_gpu = str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") or (
-            str(cfg.trainer.get("accelerator")) == "auto" and torch.cuda.is_available()
-        )
-        trainer_overrides = {"devices": devices} if devices is not None and on_gpu else {}
+        trainer_overrides = {"devices": devices} if devices is not None and trains_on_gpu(cfg) else {}
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
         failed = True
         try:
             for logger in trainer.loggers:
-                logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+                logger.log_hyperparams(resolved)
             metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
             failed = False
         finally:
@@ -141,6 +139,11 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule
     return metrics
 
 
+def trains_on_gpu(cfg: DictConfig) -> bool:
+    accelerator = str(cfg.trainer.get("accelerator"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 @dataclass
 class DeviceClaim:
     """The devices a job holds (None: leave trainer.devices alone) and when it held them."""
@@ -156,9 +159,7 @@ def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[DeviceClaim]:
     there are), ``trainer.devices`` GPUs per slot. None: leave trainer.devices alone.
     On CPU the slot is still taken and recorded (that is how it is tested without GPUs)
     but the trainer's devices are left as they are."""
-    count = int(os.environ.get("VAELAB_DEVICE_COUNT", "0")) or (
-        torch.cuda.device_count() if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda", "auto") else 0
-    )
+    count = int(os.environ.get("VAELAB_DEVICE_COUNT", "0")) or (torch.cuda.device_count() if trains_on_gpu(cfg) else 0)
     claim = DeviceClaim()
     if n_jobs <= 1 or count == 0:
         yield claim

@@ -137,6 +137,10 @@ class VAE(pl.LightningModule):
     def kl_weight(self) -> float:
         return self.beta * maths.linear_warmup(self.global_step, self.kl_warmup_steps)
 
+    def bits_per_dim(self, nll: Tensor) -> Tensor:
+        """Per-image NLL in nats -> bits per dimension (README: conventions)."""
+        return maths.bits_per_dim(nll, self.num_dims, None if self.likelihood.is_discrete else self.levels)
+
     def step_metrics(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
         """Batch-mean metrics of one step (the same names in every stage)."""
         recon = out["log_px"].mean()
@@ -147,7 +151,7 @@ class VAE(pl.LightningModule):
             "elbo": elbo,
             "recon": recon,
             "kl": kl,
-            "bpd": maths.bits_per_dim(nll_bound, self.num_dims, None if self.likelihood.is_discrete else self.levels),
+            "bpd": self.bits_per_dim(nll_bound),
         }
         if self.is_gaussian:
             stats = self.likelihood.sigma_stats(out["decoder_out"])
@@ -220,7 +224,7 @@ class VAE(pl.LightningModule):
         if stage == "test" and self.test_iw_samples > 0:
             nll_iw = -self.importance_weighted_log_likelihood(x, self.test_iw_samples).mean()
             metrics["nll_iw"] = nll_iw
-            metrics["bpd_iw"] = maths.bits_per_dim(nll_iw, self.num_dims, None if self.likelihood.is_discrete else self.levels)
+            metrics["bpd_iw"] = self.bits_per_dim(nll_iw)
         for name, value in metrics.items():
             metric = self.eval_metrics[stage][name]
             metric.update(value, weight=x.shape[0])
