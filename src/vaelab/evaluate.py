@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "iw_samples": int(cfg.iw_samples),
         "split": cfg.split,
-        "num_images": int(datamodule.test_images.shape[0]) if hasattr(datamodule, "test_images") else None,
+        "num_images": int(datamodule.test_images.shape[0]),
         "seconds": round(seconds, 2),
         "metrics": scalar_metrics(trainer.callback_metrics),
     }

@@ -117,7 +117,8 @@ def parallel_jobs() -> int:
     if n_jobs is None:
         return 1
     n_jobs = int(n_jobs)
-    return os.cpu_count() or 1 if n_jobs < 0 else max(1, n_jobs)
+    # joblib's convention: -1 means one job per core
+    return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
 
 
 def limit_threads(n_jobs: int) -> int:
