@@ -121,13 +121,23 @@ def parallel_jobs() -> int:
     return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
 
 
+def slurm_cpus_per_task() -> int | None:
+    """The CPUs SLURM gave each task of this job (None outside SLURM, or when not set)."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK")
+    return int(value) if value and value.isdigit() else None
+
+
 def limit_threads(n_jobs: int) -> int:
-    """Give this job its share of the CPU threads, so parallel jobs do not oversubscribe."""
+    """Give this job its share of the CPU threads, so parallel jobs do not oversubscribe:
+    in a SLURM job the CPUs SLURM allotted per task, else the cores divided among the
+    launcher's parallel jobs."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-    if n_jobs > 1:
-        torch.set_num_threads(threads)
+    slurm_cpus = slurm_cpus_per_task()
+    if slurm_cpus is not None:
+        torch.set_num_threads(slurm_cpus)
+    elif n_jobs > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
     return torch.get_num_threads()
 
 

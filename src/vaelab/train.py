@@ -121,7 +121,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finally:
             finish_experiment_trackers(trainer, None if failed else metrics)
 
-    extra = {"threads": threads, "parallel_jobs": n_jobs, "devices": devices, "devices_held": claim.held}
+    extra = {
+        "threads": threads,
+        "parallel_jobs": n_jobs,
+        "devices": devices,
+        "devices_held": claim.held,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
     write_summary(cfg, trainer, metrics, output_dir, extra)
     return metrics
 
