@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vaelab.data.arrays import DatasetFormatError, DatasetNotFoundError
 from vaelab.data.download import ChecksumError
 from vaelab.schema import ConfigError
-from vaelab.sweeps import record_command, write_failure
+from vaelab.sweeps import record_command, value_for_failed_job, write_failure
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,8 +109,13 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
             return task(*args, **kwargs)
         except Exception as error:
             if _in_multirun():  # the launcher records the failure; the folder says why
-                write_failure(Path(HydraConfig.get().runtime.output_dir), error)
-                raise
+                failure = write_failure(Path(HydraConfig.get().runtime.output_dir), error)
+                worst = value_for_failed_job()
+                if worst is None:
+                    raise
+                print(f"error: this trial failed ({type(error).__name__}: {error}); reported to the sweeper as {worst}, "
+                      f"details in {failure}", file=sys.stderr, flush=True)
+                return worst
             message = one_line(error)
             if message is None or _SHOW_TRACEBACKS:
                 raise

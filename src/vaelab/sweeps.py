@@ -22,10 +22,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,22 @@ def finished_result(run_dir: Path) -> dict[str, Any] | None:
 def interrupted_checkpoint(run_dir: Path) -> Path | None:
     path = run_dir / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None
+
+
+def value_for_failed_job() -> float | list[float] | None:
+    """What a failed job returns to a sweeper that needs a value to go on, else None
+    (the failure is raised, and the launcher records it). The Optuna sweeper stops the
+    whole study when a trial raises, so a failed trial reports the worst value of each
+    objective instead (+inf when minimising): the study goes on and steers away from it."""
+    if not in_multirun():
+        return None
+    sweeper = HydraConfig.get().sweeper
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    directions = sweeper.get("direction", "minimize")
+    directions = [directions] if isinstance(directions, (str, Enum)) else list(directions)
+    worst = [-math.inf if str(d).endswith("maximize") else math.inf for d in directions]
+    return worst[0] if len(worst) == 1 else worst
 
 
 def write_failure(run_dir: Path, error: BaseException) -> Path:

@@ -245,11 +245,13 @@ def write_summary(
 
 
 def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value of ``optimized_metric`` (``-name``: the metric negated)."""
     if not name:
         return None
-    if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics))}")
-    return metrics[name]
+    sign, key = (-1.0, name[1:]) if name.startswith("-") else (1.0, name)
+    if key not in metrics:
+        raise KeyError(f"optimized_metric={name!r}: {key} was not logged; logged metrics: {', '.join(sorted(metrics))}")
+    return sign * float(metrics[key])
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
