@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,14 @@ def sweep_dir(root: Path) -> Path:
     return folder
 
 
-def no_jobs_left() -> bool:
-    return subprocess.run(["squeue", "--noheader"], capture_output=True, text=True).stdout.strip() == ""
+def no_jobs_left(wait_s: float = 60.0) -> bool:
+    """The queue empties (a finished job may show as completing, CG, for a few seconds)."""
+    deadline = time.monotonic() + wait_s
+    while subprocess.run(["squeue", "--noheader"], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
 
 
 @pytest.mark.slow
@@ -76,3 +83,30 @@ def test_a_sweep_runs_as_slurm_jobs_and_resumes(slurm_cluster, tmp_path):
     reused = [p for p in (folder / ".submitit").glob("*_*/*_log.out") if "Job already finished, reusing its result" in p.read_text()]
     assert len(reused) == 2
     assert sweep_dir(tmp_path) == folder and len([p for p in folder.iterdir() if (p / ".hydra").is_dir()]) == 3
+
+
+@pytest.mark.slow
+def test_each_job_of_a_sweep_trains_as_two_slurm_tasks_with_ddp(slurm_cluster, tmp_path):
+    """SLURM starts one task per device and Lightning reads the ranks from SLURM's
+    environment: no process is re-executed, and each job's two tasks are its two ranks."""
+    run_cli("vaelab-train", "-m", "hydra/launcher=slurm_ddp", "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "trainer=ddp_cpu", "trainer.devices=2",
+            *QUICK, "logger=wandb", "model.beta=0.5,2", cwd=tmp_path)
+    folder = sweep_dir(tmp_path)
+    jobs = sorted(p for p in folder.iterdir() if (p / ".hydra").is_dir())
+    assert [job.name for job in jobs] == ["model.beta=0.5", "model.beta=2"]
+    assert sorted(p.parent for p in (tmp_path / "logs").rglob(".hydra")) == jobs, "stray folders"
+    for job in jobs:
+        summary = read_metrics(job)
+        assert summary["world_size"] == 2 and summary["ddp_pids"] == [] and summary["slurm_job_id"]
+        assert summary["metrics"]["test/elbo"] < 0
+        assert len(list(job.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+    # two tasks per job, rank 0 and rank 1, each with a log of its own
+    array_tasks = [p for p in (folder / ".submitit").glob("*_*") if p.is_dir()]
+    assert len(array_tasks) == 2
+    for task_logs in array_tasks:
+        ranks = sorted(p.name for p in task_logs.glob("*_log.err"))
+        assert len(ranks) == 2
+        text = "".join(p.read_text() for p in task_logs.glob("*_log.err"))
+        assert "GLOBAL_RANK: 0, MEMBER: 1/2" in text and "GLOBAL_RANK: 1, MEMBER: 2/2" in text
+    assert no_jobs_left()

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab import sweeps
+from vaelab import ddp, sweeps
 from vaelab.config import config_dir, instantiate_dict
 from vaelab.errors import report_user_errors, run_cli
 from vaelab.schema import ConfigError, validate
@@ -81,7 +81,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = cfg.get("ckpt_path")
-    if sweeps.in_multirun():
+    if ddp.is_extra_rank():
+        pass  # a DDP rank > 0 of a job that rank zero has checked and set up
+    elif sweeps.in_multirun():
         finished = sweeps.finished_result(output_dir)
         if finished is not None:
             print(f"Job already finished, reusing its result: {output_dir / 'metrics.json'}", flush=True)
@@ -95,7 +97,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+        # one stream per DDP rank (weights are broadcast from rank zero; the data order
+        # has generators of its own), so that ranks do not draw the same noise
+        pl.seed_everything(cfg.seed + rank_zero_only.rank, workers=True)
 
     n_jobs = sweeps.parallel_jobs()
     threads = sweeps.limit_threads(n_jobs)
@@ -112,11 +116,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loggers = instantiate_dict(cfg.get("logger"))
         trainer_overrides = {"devices": devices} if devices is not None and trains_on_gpu(cfg) else {}
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
+        if hasattr(datamodule, "per_process_batch_size"):
+            datamodule.per_process_batch_size(trainer.world_size)  # fails now, not at the first epoch
+        # what any extra DDP ranks of this job train with: this job's config, exactly
+        rank_config = {**resolved, "ckpt_path": str(ckpt_path) if ckpt_path else None}
+        rank_config["trainer"] = {**resolved["trainer"], **trainer_overrides}
         failed = True
         try:
             for logger in trainer.loggers:
                 logger.log_hyperparams(resolved)
-            metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
+            with ddp.job_processes(trainer, rank_config):
+                metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
             failed = False
         finally:
             finish_experiment_trackers(trainer, None if failed else metrics)
@@ -127,6 +137,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "devices": devices,
         "devices_held": claim.held,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "world_size": trainer.world_size,
+        "ddp_pids": ddp.rank_pids(trainer),
     }
     write_summary(cfg, trainer, metrics, output_dir, extra)
     return metrics

@@ -32,9 +32,11 @@ class TensorBatches:
     resumed run sees the same order), otherwise a counter of iterations.
 
     With ``world_size > 1``, rank ``r`` takes positions ``r, r + world_size, ...``
-    of the order, padded by wrapping around to a multiple of ``world_size`` as
-    ``DistributedSampler`` does, so every rank yields the same number of batches.
-    All ranks must therefore use the same seed and the same device type.
+    of the order. With ``pad=True`` (training) the order is padded by wrapping
+    around to a multiple of ``world_size`` as ``DistributedSampler`` does, so every
+    rank yields the same number of batches (gradient all-reduces need that); with
+    ``pad=False`` (evaluation) every sample is seen exactly once, and ranks may
+    differ by one sample. All ranks must use the same seed and the same device type.
     ``batch_size`` is per rank; ``drop_last`` drops a rank's final short batch.
     """
 
@@ -49,6 +51,7 @@ class TensorBatches:
         epoch_fn: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
@@ -67,11 +70,15 @@ class TensorBatches:
         self.epoch_fn = epoch_fn
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.pad = bool(pad)
         self._iterations = 0
 
     @property
     def samples_per_rank(self) -> int:
-        return math.ceil(self.images.shape[0] / self.world_size)
+        n = self.images.shape[0]
+        if self.pad:
+            return math.ceil(n / self.world_size)
+        return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -89,6 +96,8 @@ class TensorBatches:
             indices = torch.arange(n, device=device)
         if self.world_size == 1:
             return indices
+        if not self.pad:
+            return indices[self.rank :: self.world_size]
         total = self.samples_per_rank * self.world_size
         if total > n:
             indices = indices.repeat(math.ceil(total / n))[:total]

@@ -67,8 +67,12 @@ class ImageDataModule(pl.LightningDataModule):
     - ``data_on_device``: move all splits to the trainer's device in ``setup``,
       so batches are gathered on the GPU and nothing is copied per step.
 
-    - Training batches are sharded across DDP ranks (``batch_size`` is per
-      rank); evaluation batches are not, see ``val_dataloader``.
+    - ``batch_size`` is the global batch, what one optimiser step sees: under DDP
+      each of the N processes takes ``batch_size / N`` images per step (N must
+      divide it), so a config means the same thing on any number of devices.
+      ``eval_batch_size`` is per process (it only bounds memory). Evaluation
+      splits are sharded across processes without padding: every image is scored
+      exactly once, and the metrics are reduced across processes.
 
     After ``setup``, the splits are available as ``train_images``,
     ``train_labels``, ``val_images``, ... (e.g. to initialise a decoder bias
@@ -157,27 +161,42 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup() before asking for dataloaders")
         return self._splits[f"{name}_images"], self._splits[f"{name}_labels"]
 
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def per_process_batch_size(self, world_size: int | None = None) -> int:
+        """``batch_size / world_size`` (the trainer's world size by default)."""
+        world_size = world_size or self._rank()[1]
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly among the "
+                f"{world_size} DDP processes; use a multiple of {world_size}"
+            )
+        return self.batch_size // world_size
+
     def train_dataloader(self) -> TensorBatches:
         images, labels = self._split("train")
-        trainer = self.trainer
+        rank, world_size = self._rank()
         return TensorBatches(
             images,
             labels,
-            self.batch_size,
+            self.per_process_batch_size(),
             shuffle=True,
             drop_last=False,
             seed=self.seed,
-            epoch_fn=(lambda: self.trainer.current_epoch) if trainer is not None else None,
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
+            epoch_fn=(lambda: self.trainer.current_epoch) if self.trainer is not None else None,
+            rank=rank,
+            world_size=world_size,
         )
 
-    # Evaluation is not sharded across ranks: every rank scores the whole
-    # split, so metrics are exact (sharding would pad with repeated samples).
+    def _eval_batches(self, split: str) -> TensorBatches:
+        images, labels = self._split(split)
+        rank, world_size = self._rank()
+        return TensorBatches(images, labels, self.eval_batch_size, shuffle=False, rank=rank, world_size=world_size, pad=False)
+
     def val_dataloader(self) -> TensorBatches:
-        images, labels = self._split("val")
-        return TensorBatches(images, labels, self.eval_batch_size, shuffle=False)
+        return self._eval_batches("val")
 
     def test_dataloader(self) -> TensorBatches:
-        images, labels = self._split("test")
-        return TensorBatches(images, labels, self.eval_batch_size, shuffle=False)
+        return self._eval_batches("test")

@@ -1,0 +1,107 @@
+"""DDP with 2 CPU processes (gloo): a single run, a grid multirun and an Optuna sweep.
+
+Each asserts that the extra rank ran that job only: exactly one folder per job and
+none stray, one W&B offline run per job with that job's config, test metrics, and
+that the extra processes exited.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import yaml
+from conftest import read_metrics, run_folders
+from wandb_records import read_run
+
+from vaelab.data.batches import TensorBatches
+
+QUICK = ["debug=short", "trainer.enable_progress_bar=false", "logger=wandb"]
+DDP = ["trainer=ddp_cpu", "trainer.devices=2"]
+
+
+def test_evaluation_shards_cover_every_image_exactly_once():
+    images = torch.arange(11, dtype=torch.uint8).view(11, 1, 1, 1)
+    labels = torch.arange(11)
+    seen = []
+    for rank in range(3):
+        batches = TensorBatches(images, labels, batch_size=2, shuffle=False, rank=rank, world_size=3, pad=False)
+        got = [label for _, batch_labels in batches for label in batch_labels.tolist()]
+        assert len(batches) == math.ceil(len(got) / 2)
+        seen += got
+    assert sorted(seen) == list(range(11))
+
+
+def test_training_shards_are_padded_to_equal_length():
+    images = torch.zeros(11, 1, 1, 1, dtype=torch.uint8)
+    lengths = {len(list(TensorBatches(images, torch.arange(11), 2, shuffle=True, rank=r, world_size=3))) for r in range(3)}
+    assert lengths == {2}  # 4 samples per rank (one repeated), in batches of 2
+
+
+def process_exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie is exited too (its parent has not reaped it)
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] == "Z"
+
+
+def all_job_folders(root):
+    """Every folder under logs/ that Hydra made for a run or a job (its .hydra/)."""
+    return sorted(p.parent for p in (root / "logs").rglob(".hydra"))
+
+
+def check_ddp_job(job, **config):
+    summary = read_metrics(job)
+    assert summary["world_size"] == 2
+    assert len(summary["ddp_pids"]) == 1 and all(process_exited(pid) for pid in summary["ddp_pids"])
+    assert math.isfinite(summary["metrics"]["test/elbo"]) and summary["metrics"]["test/elbo"] < 0
+    (run_file,) = list((job / "wandb").glob("offline-run-*/run-*.wandb"))  # one W&B run per job
+    run = read_run(run_file)
+    for key, value in config.items():
+        node = run["config"]
+        for part in key.split("."):
+            node = node[part]
+        assert node == value
+    assert run["summary"]["test/elbo"] == pytest.approx(summary["metrics"]["test/elbo"]) and run["exit_code"] == 0
+    return summary
+
+
+@pytest.mark.slow
+def test_a_single_run_trains_on_two_processes(train, tmp_path):
+    train(*DDP, *QUICK, "data.batch_size=64")
+    (run,) = all_job_folders(tmp_path)
+    assert run_folders(tmp_path) == [run]
+    summary = check_ddp_job(run, **{"data.batch_size": 64})
+    # 3 steps of the global batch 64 per epoch (limit_train_batches=3), 2 epochs
+    assert summary["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_a_grid_multirun_trains_each_job_with_ddp(train, tmp_path):
+    proc = train("-m", *DDP, *QUICK, "model.beta=0.5,2")
+    assert proc.stdout.count("Launching 2 jobs") + proc.stderr.count("Launching 2 jobs") == 1
+    jobs = all_job_folders(tmp_path)
+    assert [job.name for job in jobs] == ["model.beta=0.5", "model.beta=2"]
+    assert len({job.parent for job in jobs}) == 1 and len(list((tmp_path / "logs" / "train" / "multiruns").iterdir())) == 1
+    assert not (tmp_path / "logs" / "train" / "runs").exists()
+    pids = [check_ddp_job(job, **{"model.beta": beta})["ddp_pids"][0] for job, beta in zip(jobs, [0.5, 2.0])]
+    assert pids[0] != pids[1], "each job starts processes of its own"
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_trains_each_trial_with_ddp(train, tmp_path):
+    train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *DDP, *QUICK)
+    jobs = all_job_folders(tmp_path)
+    assert len(jobs) == 2 and len({job.parent for job in jobs}) == 1
+    values = []
+    for job in jobs:
+        beta = next(float(o.split("=")[1]) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+                    if o.startswith("model.beta="))
+        values.append(-check_ddp_job(job, **{"model.beta": beta})["metrics"]["val/elbo"])
+    results = yaml.safe_load((jobs[0].parent / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(min(values))
