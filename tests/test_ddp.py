@@ -105,3 +105,15 @@ def test_an_optuna_sweep_trains_each_trial_with_ddp(train, tmp_path):
         values.append(-check_ddp_job(job, **{"model.beta": beta})["metrics"]["val/elbo"])
     results = yaml.safe_load((jobs[0].parent / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(min(values))
+
+
+@pytest.mark.slow
+def test_a_diverging_ddp_job_fails_alone_and_its_processes_end(train, tmp_path):
+    # sigma = 1e-30 overflows the Gaussian log-density on every rank at the first step
+    proc = train("-m", *DDP, *QUICK, "likelihood.sigma=fixed", "likelihood.sigma_value=1e-30,0.1", check=False)
+    assert proc.returncode != 0
+    jobs = {job.name: job for job in all_job_folders(tmp_path)}
+    assert set(jobs) == {"likelihood.sigma_value=1e-30", "likelihood.sigma_value=0.1"}
+    assert "NonFiniteLossError" in (jobs["likelihood.sigma_value=1e-30"] / "FAILED").read_text()
+    check_ddp_job(jobs["likelihood.sigma_value=0.1"], **{"likelihood.sigma_value": 0.1})
+    assert "Started 1 extra DDP process" in proc.stdout + proc.stderr
