@@ -66,3 +66,33 @@ def test_experiments_compose(experiment, tmp_path):
 def test_trainer_configs_compose(trainer, tmp_path):
     cfg = composed(f"trainer={trainer}", tmp_path=tmp_path)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+def hydra_node(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True).hydra
+
+
+@pytest.mark.parametrize("launcher", options("hydra/launcher"))
+def test_launcher_configs_compose(launcher):
+    node = hydra_node(f"hydra/launcher={launcher}")
+    assert node.launcher._target_.startswith("hydra_plugins.")
+
+
+def test_the_slurm_ddp_launcher_asks_for_one_task_per_device():
+    launcher = hydra_node("hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2").launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+def test_the_optuna_search_space_names_real_keys(tmp_path):
+    node = hydra_node("hparams_search=optuna")
+    assert "optuna" in node.sweeper._target_ and node.sweeper.direction == "minimize"
+    cfg = composed("hparams_search=optuna", tmp_path=tmp_path)
+    assert cfg.optimized_metric == "-val/elbo"
+    for key, space in node.sweeper.params.items():
+        if key == "likelihood":  # a config group: every choice must exist
+            choices = space[space.index("(") + 1 : space.rindex(")")].split(",")
+            assert {c.strip() for c in choices} <= set(options("likelihood"))
+        else:
+            assert OmegaConf.select(cfg, key) is not None, key
