@@ -204,8 +204,9 @@ class VAE(pl.LightningModule):
         # the other steps would cost more than the step itself for small models.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             window = self._train_window.means_and_reset()
-            self.log("train/elbo", window.pop("elbo"), prog_bar=True)
-            self.log_dict({f"train/{k}": v for k, v in window.items()})
+            # averaged over DDP processes too (a no-op with one process)
+            self.log("train/elbo", window.pop("elbo"), prog_bar=True, sync_dist=True)
+            self.log_dict({f"train/{k}": v for k, v in window.items()}, sync_dist=True)
             self.log("train/kl_weight", kl_weight)
         return loss
 
