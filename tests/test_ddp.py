@@ -16,6 +16,7 @@ import yaml
 from conftest import read_metrics, run_folders
 from wandb_records import read_run
 
+from vaelab.data import Digits, ImageDataModule
 from vaelab.data.batches import TensorBatches
 
 QUICK = ["debug=short", "trainer.enable_progress_bar=false", "logger=wandb"]
@@ -38,6 +39,30 @@ def test_training_shards_are_padded_to_equal_length():
     images = torch.zeros(11, 1, 1, 1, dtype=torch.uint8)
     lengths = {len(list(TensorBatches(images, torch.arange(11), 2, shuffle=True, rank=r, world_size=3))) for r in range(3)}
     assert lengths == {2}  # 4 samples per rank (one repeated), in batches of 2
+
+
+class FakeTrainer:
+    """What the data module reads of its trainer."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.global_rank, self.world_size, self.current_epoch = rank, world_size, 0
+
+
+def test_batch_size_is_global_and_every_process_takes_its_share():
+    datamodule = ImageDataModule(Digits(), batch_size=64, eval_batch_size=100, val_fraction=0.1)
+    datamodule.setup("fit")
+    train_seen, val_seen = [], []
+    for rank in range(2):
+        datamodule.trainer = FakeTrainer(rank, 2)
+        train = datamodule.train_dataloader()
+        assert train.batch_size == 32 and len(train) == math.ceil(math.ceil(len(datamodule.train_images) / 2) / 32)
+        train_seen.append(len(train))
+        val_seen += [len(labels) for _, labels in datamodule.val_dataloader()]
+    assert train_seen[0] == train_seen[1]  # equal steps on every process
+    assert sum(val_seen) == len(datamodule.val_images)  # each validation image once
+    datamodule.trainer = FakeTrainer(0, 3)
+    with pytest.raises(ValueError, match="global batch and must divide evenly among the 3 DDP processes"):
+        datamodule.train_dataloader()
 
 
 def process_exited(pid: int) -> bool:
