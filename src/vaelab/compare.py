@@ -295,7 +295,7 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
         record["global_step"] = None
     record["val_elbo_best"] = best.get("val/elbo", record.get("val/elbo"))
 
-    beta_eff = next((record[k] for k in ("test/beta_eff", "val/beta_eff", "train/beta_eff") if record.get(k) is not None), None)
+    beta_eff = next((record[k] for k in ("test/beta_eff", "val/beta_eff", "train/beta_eff_epoch", "train/beta_eff") if record.get(k) is not None), None)
     record["beta_eff"] = beta_eff if kind != "bernoulli" else None
     if record.get("test/nll_iw") is not None:
         record["nll"], record["nll_source"], record["bpd"] = record["test/nll_iw"], "test/nll_iw", record.get("test/bpd_iw")
