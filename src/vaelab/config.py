@@ -29,7 +29,9 @@ def config_dir() -> str:
 
 def instantiate_dict(cfg: DictConfig | None, **kwargs: Any) -> list[Any]:
     """Instantiate every entry of a config group whose members are named objects
-    (callbacks, loggers). Entries without ``_target_`` (or set to null) are skipped."""
+    (callbacks, loggers). Entries without ``_target_`` (or set to null), and entries
+    whose factory returns None (a callback that is switched off), are skipped."""
     if not cfg:
         return []
-    return [instantiate(node, **kwargs) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+    built = (instantiate(node, **kwargs) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node)
+    return [obj for obj in built if obj is not None]

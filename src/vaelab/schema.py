@@ -68,6 +68,8 @@ class ModelSchema:
     test_iw_samples: int = 100
     iw_chunk_elements: int = 2**24
     init_output_bias: bool = True
+    compile: bool = False
+    channels_last: bool = False
     encoder: Any = None
     decoder: Any = None
     optimizer: Any = None
@@ -94,6 +96,12 @@ def register() -> None:
     store.store(group="schema/likelihood", name="bernoulli", node=BernoulliLikelihoodSchema)
     store.store(group="schema/model", name="vae", node=ModelSchema)
     store.store(group="schema/data", name="images", node=DataSchema)
+
+
+# trainer.precision values the model supports (Lightning's names): float32, or mixed
+# precision with the likelihood and KL kept in float32. Lightning runs 16-mixed as
+# bf16-mixed on a CPU. 16-bit weights ("-true") and float64 are not supported.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16", "16")
 
 
 class ConfigError(ValueError):
@@ -146,6 +154,13 @@ def validate(cfg: DictConfig) -> None:
             bad = True
         if bad:
             raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
+    precision = _select(cfg, "trainer.precision")
+    if precision is not _MISSING and precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not allowed: must be one of {', '.join(PRECISIONS)}")
+    channels_last = _select(cfg, "model.channels_last")
+    encoder = _select(cfg, "model.encoder._target_")
+    if channels_last is True and isinstance(encoder, str) and "Conv" not in encoder.rsplit(".", 1)[-1]:
+        raise ConfigError(f"model.channels_last=true is for convolutional networks, but model.encoder is {encoder}; use model=conv")
     sigma = _select(cfg, "likelihood.sigma")
     lo, hi = _select(cfg, "likelihood.log_sigma_min"), _select(cfg, "likelihood.log_sigma_max")
     if sigma is not _MISSING and lo is not _MISSING and hi is not _MISSING and lo >= hi:
