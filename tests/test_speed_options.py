@@ -54,8 +54,9 @@ def train_steps(tmp_path, *overrides: str, steps: int = 3, **trainer_kwargs):
     model = build_model(cfg, datamodule)
     record = Record()
     options = dict(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
+    extra = trainer_kwargs.pop("callbacks", [])
     options.update(trainer_kwargs)
-    trainer = instantiate(cfg.trainer, callbacks=[record], **options)
+    trainer = instantiate(cfg.trainer, callbacks=[record, *extra], **options)
     trainer.fit(model, datamodule=datamodule)
     return model, record, trainer
 
@@ -217,7 +218,7 @@ def test_step_metrics_reach_the_loggers_every_log_every_n_steps(tmp_path):
     assert [int(r["step"]) for r in rows] == [9, 19]  # Lightning's own step numbering
     for name in ("elbo", "loss", "recon", "kl", "bpd", "sigma_mean", "beta_eff", "kl_weight"):
         assert all(r[f"train/{name}"] for r in rows), name
-    assert "train/elbo" in trainer.progress_bar_metrics
+    assert set(trainer.progress_bar_metrics) == {"train/elbo_epoch"}  # step metrics bypass self.log
 
 
 # -- data on the training device --------------------------------------------------------------
@@ -265,3 +266,16 @@ def test_the_progress_bar_factory_switches_off(tmp_path):
     assert trainer.progress_bar_callback is None
     bar = progress_bar(refresh_per_second=4)
     assert isinstance(bar, pl.callbacks.ProgressBar)
+
+
+def test_timings_callback_marks_the_first_step_and_writes_its_file(tmp_path, capsys):
+    from vaelab.callbacks import Timings
+
+    timings = Timings(dirpath=str(tmp_path / "run"))
+    train_steps(tmp_path, steps=4, callbacks=[timings])
+    assert "vaelab: first training step at " in capsys.readouterr().out
+    import json
+
+    t = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert t["fit_start"] <= t["first_step_start"] <= t["first_step_end"] <= t["fit_end"]
+    assert t["global_step"] == 4 and t["train_s"] > 0 and t["max_rss_mb_at_fit_end"] >= t["max_rss_mb_at_fit_start"] > 0

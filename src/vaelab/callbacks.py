@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,11 @@ class ImageGrids(pl.Callback):
             self.write(trainer, pl_module)
 
 
+def max_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def process_start_time() -> float | None:
     """When this process started (seconds since the epoch), from /proc on Linux; else None."""
     try:
@@ -197,8 +203,8 @@ def process_start_time() -> float | None:
 class Timings(pl.Callback):
     """Wall-clock times of a run, written to ``dirpath/timings.json`` when fit ends
     (rank zero): when the process and fit started, when the first training step started
-    and ended, and the seconds spent in fit, in training (fit without validation and
-    sanity checks) and in validation. With ``announce``, the first step's start is also
+    and ended, the seconds spent in fit, in training (fit without validation and
+    sanity checks) and in validation, and the process's peak memory at fit start and end. With ``announce``, the first step's start is also
     printed as one line, ``vaelab: first training step at <unix time>``, for tools that
     time a command (bench/startup.py).
 
@@ -214,7 +220,7 @@ class Timings(pl.Callback):
         self.validation_s = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.times = {"process_start": process_start_time(), "fit_start": time.time()}
+        self.times = {"process_start": process_start_time(), "fit_start": time.time(), "max_rss_mb_at_fit_start": max_rss_mb()}
         self.validation_s = 0.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -244,6 +250,7 @@ class Timings(pl.Callback):
             t["fit_start_to_first_step_s"] = t["first_step_start"] - t["fit_start"]
             if t["process_start"] is not None:
                 t["process_start_to_first_step_s"] = t["first_step_start"] - t["process_start"]
+        t["max_rss_mb_at_fit_end"] = max_rss_mb()
         t["global_step"] = trainer.global_step
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
