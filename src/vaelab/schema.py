@@ -66,7 +66,9 @@ class ModelSchema:
     kl_warmup_steps: int = 0
     free_bits: float = 0.0
     test_iw_samples: int = 100
-    iw_chunk_elements: int = 2**24
+    # decoder outputs per chunk of the test-time IW bound: 2**22 floats (16 MB) per tensor;
+    # 2**24 raised an MNIST run's peak memory by ~250 MB and was no faster (BENCHMARKS.md)
+    iw_chunk_elements: int = 2**22
     init_output_bias: bool = True
     compile: bool = False
     channels_last: bool = False

@@ -85,7 +85,7 @@ class VAE(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         test_iw_samples: int = 0,
-        iw_chunk_elements: int = 2**24,
+        iw_chunk_elements: int = 2**22,
         init_output_bias: bool = True,
         compile: bool = False,
         channels_last: bool = False,
