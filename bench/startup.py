@@ -64,13 +64,19 @@ def run_folder(output: str) -> Path:
     return Path(re.search(r"^Run folder: (.+)$", output, re.M).group(1))
 
 
-def python_seconds(code: str, env: dict[str, str], repeats: int) -> float:
-    times = []
+def python_seconds(module: str | None, env: dict[str, str], repeats: int) -> tuple[float, float]:
+    """Median seconds to import ``module`` (timed inside the interpreter) and of the
+    whole ``python -c 'import module'`` process (interpreter start and exit included)."""
+    code = "import time; t = time.perf_counter()\n"
+    code += f"import {module}\n" if module else ""
+    code += "print(time.perf_counter() - t)"
+    imports, processes = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+        processes.append(time.perf_counter() - start)
+        imports.append(float(out.strip().splitlines()[-1]))
+    return statistics.median(imports), statistics.median(processes)
 
 
 def heavy_imports(args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, float]:
@@ -171,10 +177,14 @@ def main() -> None:
     }
     quick = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", *args.overrides]
 
-    record["python_bare_s"] = python_seconds("pass", env, 3)
-    record["import_vaelab_train_s"] = python_seconds("import vaelab.train", env, 3)
+    _, record["python_bare_s"] = python_seconds(None, env, 3)
+    record["import_vaelab_train_s"], record["python_import_vaelab_train_process_s"] = python_seconds("vaelab.train", env, 3)
     record["heavy_imports_digits"] = heavy_imports(quick, scratch, env)
-    print(f"python -c pass: {record['python_bare_s']:.2f} s; import vaelab.train: {record['import_vaelab_train_s']:.2f} s", flush=True)
+    print(
+        f"bare interpreter: {record['python_bare_s']:.2f} s; import vaelab.train: {record['import_vaelab_train_s']:.2f} s "
+        f"(the whole `python -c 'import vaelab.train'` process, exit included: {record['python_import_vaelab_train_process_s']:.2f} s)",
+        flush=True,
+    )
     print(f"heavy packages a digits run imports (cumulative import s): {record['heavy_imports_digits']}", flush=True)
 
     runs = [startup(quick, scratch, env) for _ in range(args.repeats)]

@@ -113,7 +113,7 @@ class VAE(pl.LightningModule):
             out_channels=self.image_shape[0] * likelihood.params_per_channel,
         )
         self.num_dims = math.prod(self.image_shape)
-        #: convolutions in NHWC layout (inputs and weights), which oneDNN and cuDNN run faster
+        #: convolutions in NHWC (channels-last) memory layout, inputs and weights
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
@@ -264,9 +264,9 @@ class VAE(pl.LightningModule):
 
     def log_train_step(self, metrics: dict[str, Tensor], kl_weight: float) -> None:
         """The window's metrics, written straight to the loggers in one call, at the step
-        Lightning would use, instead of through ``self.log``: that costs ~1 ms a call on
-        a CPU and makes the progress bar re-read every logged key on every later step,
-        together ~5% of a small MLP's step (bench/throughput.py). The epoch means go
+        Lightning would use, instead of through ``self.log``: that cost ~1 ms a call on
+        the 2-core CPU and made the progress bar re-read every logged key on every later
+        step, together ~5% of a small MLP's step (bench/throughput.py). The epoch means go
         through ``self.log`` (the progress bar shows ``train/elbo_epoch``)."""
         if not self.loggers:
             return
