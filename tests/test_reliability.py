@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -67,7 +68,9 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path):
 RESUMABLE = [
     "trainer.enable_progress_bar=false",
     "trainer.deterministic=true",
-    "trainer.max_epochs=6",
+    # a digits epoch takes ~0.05 s on a quiet machine: enough epochs after the kill at
+    # epoch 2 that the run cannot finish before the signal lands
+    "trainer.max_epochs=20",
     "model.test_iw_samples=8",
     "callbacks.image_grids.every_n_epochs=0",
     "seed=7",
@@ -83,11 +86,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(train, tmp_path):
     proc = subprocess.Popen([script("vaelab-train"), *RESUMABLE, "task_name=killed"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "logs" / "killed" / "runs"
+
+    def past_epoch_two() -> bool:  # a best checkpoint of epoch 2 or later was written
+        names = (re.fullmatch(r"best_epoch(\d+)\.ckpt", p.name) for p in runs.glob("*/checkpoints/*.ckpt"))
+        return any(int(m.group(1)) >= 2 for m in names if m)
+
     deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("*/checkpoints/best_epoch002.ckpt")):
+    while time.time() < deadline and not past_epoch_two():
         assert proc.poll() is None, "the run finished before it could be killed"
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (killed,) = list(runs.iterdir())
