@@ -250,22 +250,73 @@ def test_heavy_optional_packages_load_only_when_used():
 
 
 def test_the_progress_bar_factory_switches_off(tmp_path):
-    from vaelab.callbacks import progress_bar
+    from vaelab.callbacks import RichProgressBar, progress_bar
     from vaelab.config import instantiate_dict
 
     assert progress_bar(enabled=False) is None
-    cfg = composed(
-        "+callbacks.progress_bar._target_=vaelab.callbacks.progress_bar",
-        "+callbacks.progress_bar.enabled=${trainer.enable_progress_bar}",
-        "trainer.enable_progress_bar=false",
-        tmp_path=tmp_path,
-    )
+    cfg = composed("trainer.enable_progress_bar=false", tmp_path=tmp_path)
     callbacks = instantiate_dict(cfg.callbacks)
     assert not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)  # no clash with enable_progress_bar=false
     assert trainer.progress_bar_callback is None
-    bar = progress_bar(refresh_per_second=4)
-    assert isinstance(bar, pl.callbacks.ProgressBar)
+    cfg = composed(tmp_path=tmp_path)
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_dict(cfg.callbacks), logger=False)
+    assert isinstance(trainer.progress_bar_callback, RichProgressBar)
+    assert trainer.progress_bar_callback.refresh_rate == cfg.callbacks.progress_bar.refresh_per_second == 4
+
+
+def test_the_rich_bar_updates_the_training_bar_at_its_refresh_rate(tmp_path, monkeypatch):
+    """Between updates the bar does nothing per batch; it is exact at each epoch's end."""
+    from vaelab.callbacks import RichProgressBar
+
+    bar = RichProgressBar(refresh_rate=4)  # an update every 0.25 s: every third batch
+    ticks = iter(range(10**6))
+    bar.clock = lambda: 0.1 * next(ticks)  # read once at every batch's end: 0.1 s a batch
+    updates: list[int] = []
+    original = bar._update
+
+    def update(task, current, *args, **kwargs):
+        if task is not None and task == bar.train_progress_bar_id:
+            updates.append(current)
+        return original(task, current, *args, **kwargs)
+
+    monkeypatch.setattr(bar, "_update", update)
+    _, _, trainer = train_steps(tmp_path, steps=10**6, callbacks=[bar], enable_progress_bar=True, max_epochs=2)
+    batches = trainer.num_training_batches
+    assert batches > 6
+    expected = [b for b in range(1, batches + 1) if (b - 1) % 3 == 0 or b == batches]
+    assert updates == expected * 2  # the same in each epoch: the schedule restarts with the epoch
+    assert bar.progress.tasks[bar.train_progress_bar_id].completed == batches
+
+
+def test_the_trainer_profiles_nothing_by_default_and_profiles_on_request(tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from vaelab.profiler import NoProfiler
+
+    trainer = instantiate(composed(tmp_path=tmp_path).trainer, logger=False)
+    assert isinstance(trainer.profiler, NoProfiler)
+    outer = trainer.profiler.profile("a")
+    with outer, trainer.profiler.profile("b") as inner:  # nested, as Lightning nests hooks
+        assert inner is None
+    assert trainer.profiler.profile("c") is outer  # one shared context: nothing built per hook
+
+    cfg = composed("trainer.profiler=simple", tmp_path=tmp_path)
+    _, _, trainer = train_steps(tmp_path, "trainer.profiler=simple", steps=3)
+    assert cfg.trainer.profiler == "simple" and isinstance(trainer.profiler, SimpleProfiler)
+    assert len(trainer.profiler.recorded_durations["run_training_batch"]) == 3
+
+
+def test_the_hook_name_fast_path_leaves_module_attributes_alone(tmp_path):
+    """VAE.__setattr__ stores Lightning's _current_fx_name directly; everything else
+    still goes through nn.Module (submodules and parameters are registered)."""
+    _, model = built(tmp_path)
+    model._current_fx_name = "training_step"
+    assert model._current_fx_name == model.__dict__["_current_fx_name"] == "training_step"
+    model.extra = torch.nn.Linear(2, 2)
+    model.scale = torch.nn.Parameter(torch.ones(1))
+    assert "extra" in model._modules and "scale" in model._parameters
+    assert "extra.weight" in model.state_dict() and "scale" in model.state_dict()
 
 
 def test_timings_callback_marks_the_first_step_and_writes_its_file(tmp_path, capsys):
