@@ -1,6 +1,6 @@
 """Benchmark: training images/s of vaelab against a hand-written loop and a DataLoader template.
 
-For each configuration (model x batch size), three ways of training the same model on
+For each configuration (model x batch size), these ways of training the same model on
 the same data, with the same thread count and optimiser, in one process:
 
   vaelab      the real thing: the config composed by Hydra from conf/ (as `vaelab-train`
@@ -15,6 +15,11 @@ the same data, with the same thread count and optimiser, in one process:
               TensorDataset behind a DataLoader (shuffle, num_workers=0), the same
               networks, likelihood and loss, self.log of four metrics every step, a CSV
               logger and Lightning's default callbacks.
+  floor       a LightningModule whose training_step is the hand loop's loss and nothing
+              else, trained by vaelab's trainer config and data module (callbacks,
+              logger, progress bar): what Lightning costs with vaelab's set-up.
+  barebones   the same module under Trainer(barebones=True), Lightning's mode for
+              measuring its own overhead: the least a Lightning loop costs.
 
 The machine this was written on is shared, so the load changes from second to second.
 The hand-written loop is therefore timed *interleaved* with each Lightning run, at fine
@@ -243,6 +248,26 @@ def run_floor(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, ma
         trainer.fit(module, datamodule=datamodule)
 
 
+def run_barebones(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase) -> None:
+    """BareVAE through ``Trainer(barebones=True)``: Lightning's own mode for measuring its
+    overhead (no logger, checkpoints, progress bar, model summary or profiler), with
+    only the timing callback. The least any Lightning training loop costs here."""
+    with quiet(log_file):
+        model = build_model(cfg, datamodule)
+        model.load_state_dict(init_state)
+        module = BareVAE(model, instantiate(cfg.model.optimizer))
+        trainer = pl.Trainer(
+            barebones=True,
+            accelerator="cpu",
+            devices=1,
+            max_steps=max_steps,
+            callbacks=[timer],
+            limit_val_batches=0,
+            default_root_dir=cfg.paths.output_dir,
+        )
+        trainer.fit(module, datamodule=datamodule)
+
+
 class TemplateVAE(pl.LightningModule):
     """How a typical Lightning template writes the same model: float batches from a
     DataLoader, the loss in training_step, self.log per metric per step."""
@@ -326,10 +351,11 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
         first.set_output_bias(first.mean_input(datamodule.train_images))
     init_state = copy.deepcopy(first.state_dict())
 
-    methods = ("vaelab", "dataloader", "floor")
+    methods = ("vaelab", "dataloader", "floor", "barebones")
     times: dict[str, list[float]] = {k: [] for m in methods for k in (m, f"hand_vs_{m}")}
     for r in range(args.rounds):
-        runs = [(m, {"vaelab": run_vaelab, "dataloader": run_dataloader, "floor": run_floor}[m]) for m in args.methods.split(",")]
+        runners = {"vaelab": run_vaelab, "dataloader": run_dataloader, "floor": run_floor, "barebones": run_barebones}
+        runs = [(m, runners[m]) for m in args.methods.split(",")]
         for name, run in runs if r % 2 == 0 else runs[::-1]:
             run_cfg = copy.deepcopy(cfg)
             run_cfg.paths.output_dir = str(scratch / f"{spec.replace(':', '')}_{name}_{r}")
@@ -354,9 +380,11 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
         "ratio": ips["vaelab"] / ips["hand_vs_vaelab"],
         "dataloader_ratio": ips["dataloader"] / ips["hand_vs_dataloader"],
         "floor_ratio": ips["floor"] / ips["hand_vs_floor"],
+        "barebones_ratio": ips["barebones"] / ips["hand_vs_barebones"],
         "ratio_median_of_pairs": statistics.median(pair["vaelab"]),
         "dataloader_ratio_median_of_pairs": statistics.median(pair["dataloader"]),
         "floor_ratio_median_of_pairs": statistics.median(pair["floor"]),
+        "barebones_ratio_median_of_pairs": statistics.median(pair["barebones"]),
         "seconds": times,
     }
     hand = statistics.mean(ips[f"hand_vs_{m}"] for m in args.methods.split(","))
@@ -364,6 +392,7 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
         f"{model_name:4s} batch={batch_size:<4d} threads={args.threads} steps={block}x{len(times['vaelab'])} "
         f"img/s: vaelab={ips['vaelab']:.0f} dataloader={ips['dataloader']:.0f} hand={hand:.0f} "
         + (f"lightning_floor_ratio={result['floor_ratio']:.3f} " if "floor" in args.methods else "")
+        + (f"barebones_ratio={result['barebones_ratio']:.3f} " if "barebones" in args.methods else "")
         + f"(pair medians: vaelab {result['ratio_median_of_pairs']:.3f}, dataloader {result['dataloader_ratio_median_of_pairs']:.3f}) "
         f"dataloader_ratio={result['dataloader_ratio']:.3f} ratio={result['ratio']:.3f}",
         flush=True,
@@ -378,9 +407,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all three")
     parser.add_argument(
         "--methods",
-        default="vaelab,dataloader,floor",
-        help="the Lightning runs to pair with the hand loop: vaelab, dataloader, and floor (a module that "
-        "only computes the hand loop's loss, trained by vaelab's trainer config: what Lightning costs)",
+        default="vaelab,dataloader,floor,barebones",
+        help="the Lightning runs to pair with the hand loop: vaelab, dataloader, floor (a module that "
+        "only computes the hand loop's loss, trained by vaelab's trainer config: what Lightning costs with "
+        "vaelab's callbacks and logger) and barebones (the same module under Trainer(barebones=True): the "
+        "least a Lightning loop costs)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="repetitions per configuration (fresh runs)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply the steps per segment")
