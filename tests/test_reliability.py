@@ -87,9 +87,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(train, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "logs" / "killed" / "runs"
 
-    def past_epoch_two() -> bool:  # a best checkpoint of epoch 2 or later was written
-        names = (re.fullmatch(r"best_epoch(\d+)\.ckpt", p.name) for p in runs.glob("*/checkpoints/*.ckpt"))
-        return any(int(m.group(1)) >= 2 for m in names if m)
+    def past_epoch_two() -> bool:
+        """A best checkpoint of epoch 2 or later exists, and last.ckpt was written after it
+        (ModelCheckpoint saves the best, then the last, at the end of an epoch)."""
+        for best in runs.glob("*/checkpoints/best_epoch*.ckpt"):
+            epoch = re.fullmatch(r"best_epoch(\d+)\.ckpt", best.name)
+            last = best.with_name("last.ckpt")
+            try:
+                if epoch and int(epoch.group(1)) >= 2 and last.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+                    return True
+            except FileNotFoundError:  # replaced by a newer best while we looked
+                continue
+        return False
 
     deadline = time.time() + 300
     while time.time() < deadline and not past_epoch_two():
