@@ -200,24 +200,23 @@ class VAE(pl.LightningModule):
         """Per-image NLL in nats -> bits per dimension (README: conventions)."""
         return maths.bits_per_dim(nll, self.num_dims, None if self.likelihood.is_discrete else self.levels)
 
+    def elbo_metrics(self, recon: Tensor, kl: Tensor, sigma_stats: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        """The ELBO, its two terms and bits/dim from per-image means of the terms; with a
+        Gaussian decoder's ``sigma_stats``, sigma's mean, min and max and beta_eff."""
+        elbo = recon - kl
+        metrics = {"elbo": elbo, "recon": recon, "kl": kl, "bpd": self.bits_per_dim(-elbo)}
+        if sigma_stats:
+            metrics.update({k: sigma_stats[k] for k in ("sigma_mean", "sigma_min", "sigma_max")})
+            # beta and sigma trade off: loss * 2 sigma^2 = SSE + 2 sigma^2 beta KL.
+            metrics["beta_eff"] = 2.0 * sigma_stats["sigma_sq_mean"] * self.beta
+        return metrics
+
     def step_metrics(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
         """Batch-mean metrics of one step (the same names in every stage)."""
         recon = out["log_px"].mean()
         kl = out["kl_per_dim"].sum(dim=1).mean()
-        elbo = recon - kl
-        nll_bound = -elbo
-        metrics = {
-            "elbo": elbo,
-            "recon": recon,
-            "kl": kl,
-            "bpd": self.bits_per_dim(nll_bound),
-        }
-        if self.is_gaussian:
-            stats = self.likelihood.sigma_stats(out["decoder_out"])
-            metrics.update({k: stats[k] for k in ("sigma_mean", "sigma_min", "sigma_max")})
-            # beta and sigma trade off: loss * 2 sigma^2 = SSE + 2 sigma^2 beta KL.
-            metrics["beta_eff"] = 2.0 * stats["sigma_sq_mean"] * self.beta
-        return metrics
+        stats = self.likelihood.sigma_stats(out["decoder_out"]) if self.is_gaussian else None
+        return self.elbo_metrics(recon, kl, stats)
 
     # -- initialisation -------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -304,13 +303,8 @@ class VAE(pl.LightningModule):
         if world > 1:
             packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
         loss, recon, kl = (packed[: len(TrainingSums.NAMES)] / packed[len(TrainingSums.NAMES)]).unbind()
-        elbo = recon - kl
-        metrics = {"elbo": elbo, "loss": loss, "recon": recon, "kl": kl, "bpd": self.bits_per_dim(-elbo)}
-        if sampled:
-            stats = dict(zip(sampled, (packed[len(TrainingSums.NAMES) + 1 :] / world).unbind()))
-            metrics.update({k: stats[k] for k in ("sigma_mean", "sigma_min", "sigma_max")})
-            metrics["beta_eff"] = 2.0 * stats["sigma_sq_mean"] * self.beta
-        return metrics
+        stats = dict(zip(sampled, (packed[len(TrainingSums.NAMES) + 1 :] / world).unbind()))
+        return {"loss": loss, **self.elbo_metrics(recon, kl, stats)}
 
     def on_train_epoch_start(self) -> None:
         self._train_sums.reset()
