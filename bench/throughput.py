@@ -81,6 +81,13 @@ PLAN = {
 WARMUP = 10  # steps of each before anything is timed
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts it
+    (CUDA runs kernels asynchronously; on the CPU there is nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # -- the hand-written loop -----------------------------------------------------------------------
 def hand_loss(model: Any, images: torch.Tensor) -> torch.Tensor:
     """The loss of one batch, written out: the maths of VAE.forward and training_step
@@ -96,24 +103,26 @@ def hand_loss(model: Any, images: torch.Tensor) -> torch.Tensor:
 class HandLoop:
     """A minimal training loop over the data module's uint8 training tensor."""
 
-    def __init__(self, cfg: Any, datamodule: Any, init_state: dict, seed: int):
-        self.model = build_model(cfg, datamodule)
+    def __init__(self, cfg: Any, datamodule: Any, init_state: dict, seed: int, device: torch.device):
+        self.device = device
+        self.model = build_model(cfg, datamodule).to(device)
         self.model.load_state_dict(init_state)
         self.model.train()
         self.optimizer = instantiate(cfg.model.optimizer)(params=self.model.parameters())
-        self.images = datamodule.train_images
+        self.images = datamodule.train_images.to(device)  # its own copy on the device, as vaelab holds one
         self.batch_size = int(cfg.data.batch_size)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(self.images.shape[0], generator=self.generator)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.order = torch.randperm(self.images.shape[0], generator=self.generator, device=device)
         self.position = 0
 
     def run(self, steps: int) -> float:
         """Train ``steps`` full batches; returns the seconds they took."""
+        synchronize(self.device)
         start = time.perf_counter()
         with torch.enable_grad():
             for _ in range(steps):
                 if self.position + self.batch_size > self.images.shape[0]:  # a new epoch
-                    self.order = torch.randperm(self.images.shape[0], generator=self.generator)
+                    self.order = torch.randperm(self.images.shape[0], generator=self.generator, device=self.device)
                     self.position = 0
                 index = self.order[self.position : self.position + self.batch_size]
                 self.position += self.batch_size
@@ -121,6 +130,7 @@ class HandLoop:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+        synchronize(self.device)
         return time.perf_counter() - start
 
 
@@ -143,6 +153,7 @@ class Interleave(pl.Callback):
         self.start = None  # no segment spans an epoch's end, validation, or its first batch
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        synchronize(pl_module.device)
         now = time.perf_counter()
         action = self.action(trainer.current_epoch, batch_idx, self.start is not None, self.start_batch, len(self.lightning_s))
         if action == "warmup":
@@ -258,7 +269,7 @@ def run_barebones(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave
         module = BareVAE(model, instantiate(cfg.model.optimizer))
         trainer = pl.Trainer(
             barebones=True,
-            accelerator="cpu",
+            accelerator=cfg.trainer.accelerator,
             devices=1,
             max_steps=max_steps,
             callbacks=[timer],
@@ -305,7 +316,7 @@ def run_dataloader(cfg: Any, datamodule: Any, init_state: dict, timer: Interleav
         loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=0)
         out = Path(cfg.paths.output_dir)
         trainer = pl.Trainer(
-            accelerator="cpu",
+            accelerator=cfg.trainer.accelerator,
             devices=1,
             max_steps=max_steps,
             logger=CSVLogger(out, name="csv"),
@@ -321,9 +332,10 @@ def mnist_present(root: Path) -> bool:
     return all((root / n).exists() or (root / f"{n}.gz").exists() for n in names)
 
 
-def compose_config(model: str, batch_size: int, mnist: Path | None, out: Path, extra: list[str]) -> Any:
+def compose_config(model: str, batch_size: int, mnist: Path | None, out: Path, extra: list[str], accelerator: str = "cpu") -> Any:
     data = ["data=digits"] if mnist is None else ["data=mnist", f"data.root={mnist}", "data.download=false"]
-    overrides = [*data, f"model={model}", f"data.batch_size={batch_size}", f"paths.output_dir={out}", *extra]
+    trainer = ["trainer=gpu"] if accelerator == "gpu" else []
+    overrides = [*data, *trainer, f"model={model}", f"data.batch_size={batch_size}", f"paths.output_dir={out}", *extra]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -337,7 +349,8 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
     batch_size = int(batch)
     block, segments = PLAN.get((model_name, batch_size), (10, 8))
     block = max(1, round(block * args.steps_scale))
-    cfg = compose_config(model_name, batch_size, mnist, scratch / spec.replace(":", ""), args.overrides)
+    cfg = compose_config(model_name, batch_size, mnist, scratch / spec.replace(":", ""), args.overrides, args.accelerator)
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     load_data_now(datamodule)
@@ -362,7 +375,8 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
             hand_cfg = copy.deepcopy(run_cfg)
             if args.plain_hand:  # the hand loop stays eager float32 in the default layout
                 hand_cfg.model.compile, hand_cfg.model.channels_last = False, False
-            timer = Interleave(HandLoop(hand_cfg, datamodule, init_state, seed=cfg.seed + r), block, segments, full_batches)
+            hand = HandLoop(hand_cfg, datamodule, init_state, seed=cfg.seed + r, device=device)
+            timer = Interleave(hand, block, segments, full_batches)
             run(run_cfg, datamodule, init_state, timer, timer.steps_needed(batches_per_epoch), log_file)
             if len(timer.lightning_s) != segments or timer.threads != {args.threads}:
                 raise RuntimeError(f"{spec} {name}: {len(timer.lightning_s)} segments on threads {timer.threads}")
@@ -414,6 +428,13 @@ def main() -> None:
         "least a Lightning loop costs)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="repetitions per configuration (fresh runs)")
+    parser.add_argument(
+        "--accelerator",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: every method trains on the first CUDA device (vaelab with trainer=gpu, its data on the GPU; "
+        "the hand loop's model and uint8 tensor there too), clocks read after a synchronize",
+    )
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply the steps per segment")
     parser.add_argument(
         "--plain-hand",
@@ -438,9 +459,13 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="vaelab-throughput-"))
     log_path = scratch / "lightning.log"
     load = os.getloadavg()
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("--accelerator gpu: torch sees no CUDA device")
+    gpu = torch.cuda.get_device_name(0) if args.accelerator == "gpu" else None
     print(
         f"# {date.today()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load[0]:.2f}, "
-        f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} thread(s), "
+        + (f"GPU {gpu}, " if gpu else "")
+        + f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} thread(s), "
         f"data={'mnist' if mnist else 'digits'}, {args.rounds} round(s); Lightning output in {log_path}",
         flush=True,
     )
@@ -455,6 +480,8 @@ def main() -> None:
         "torch": torch.__version__,
         "lightning": pl.__version__,
         "threads": args.threads,
+        "accelerator": args.accelerator,
+        "gpu": gpu,
         "data": "mnist" if mnist else "digits",
         "rounds": args.rounds,
         "overrides": args.overrides,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -330,3 +331,21 @@ def test_timings_callback_marks_the_first_step_and_writes_its_file(tmp_path, cap
     t = json.loads((tmp_path / "run" / "timings.json").read_text())
     assert t["fit_start"] <= t["first_step_start"] <= t["first_step_end"] <= t["fit_end"]
     assert t["global_step"] == 4 and t["train_s"] > 0 and t["max_rss_mb_at_fit_end"] >= t["max_rss_mb_at_fit_start"] > 0
+
+
+def test_timings_callback_times_each_epoch_without_its_validation(tmp_path):
+    from vaelab.callbacks import Timings
+
+    class SlowValidation(pl.Callback):  # half a second of every validation, inside the epoch
+        def on_validation_start(self, trainer, pl_module):
+            time.sleep(0.5)
+
+    timings = Timings(dirpath=str(tmp_path / "run"), announce=False)
+    callbacks = [timings, SlowValidation()]  # Timings' clock starts before the sleep
+    _, _, trainer = train_steps(tmp_path, steps=10**6, callbacks=callbacks, max_epochs=3, limit_val_batches=None)
+    t = timings.times
+    assert trainer.current_epoch == 3 and len(t["epoch_train_s"]) == 3
+    assert t["validation_s"] >= 1.5
+    # an epoch of digits trains in well under 0.5 s: none of the validation is counted
+    assert all(0 < s < 0.5 for s in t["epoch_train_s"]), t["epoch_train_s"]
+    assert sum(t["epoch_train_s"]) <= t["train_s"]

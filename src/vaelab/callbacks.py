@@ -234,7 +234,8 @@ class Timings(pl.Callback):
     """Wall-clock times of a run, written to ``dirpath/timings.json`` when fit ends
     (rank zero): when the process and fit started, when the first training step started
     and ended, the seconds spent in fit, in training (fit without validation and
-    sanity checks) and in validation, and the process's peak memory at fit start and end. With ``announce``, the first step's start is also
+    sanity checks) and in validation, each epoch's training seconds (``epoch_train_s``,
+    its validation left out), and the process's peak memory at fit start and end. With ``announce``, the first step's start is also
     printed as one line, ``vaelab: first training step at <unix time>``, for tools that
     time a command (bench/startup.py).
 
@@ -248,10 +249,22 @@ class Timings(pl.Callback):
         self.times: dict[str, Any] = {}
         self._validation_start: float | None = None
         self.validation_s = 0.0
+        self._epoch_start: tuple[float, float] | None = None  # (clock, validation_s) at its start
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.times = {"process_start": process_start_time(), "fit_start": time.time(), "max_rss_mb_at_fit_start": max_rss_mb()}
+        self.times["epoch_train_s"] = []
         self.validation_s = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = (time.perf_counter(), self.validation_s)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates inside the training epoch, before this hook: that time is taken out
+        if self._epoch_start is not None:
+            start, validation_before = self._epoch_start
+            self.times["epoch_train_s"].append(time.perf_counter() - start - (self.validation_s - validation_before))
+            self._epoch_start = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if "first_step_start" not in self.times:
