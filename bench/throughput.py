@@ -312,7 +312,8 @@ def run_dataloader(cfg: Any, datamodule: Any, init_state: dict, timer: Interleav
         model = build_model(cfg, datamodule)
         model.load_state_dict(init_state)
         module = TemplateVAE(model, instantiate(cfg.model.optimizer))
-        dataset = TensorDataset(datamodule.train_images.float(), datamodule.train_labels)
+        # host tensors, as a template holds them (vaelab may have moved the shared data module to the GPU)
+        dataset = TensorDataset(datamodule.train_images.float().cpu(), datamodule.train_labels.cpu())
         loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=0)
         out = Path(cfg.paths.output_dir)
         trainer = pl.Trainer(
