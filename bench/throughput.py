@@ -19,7 +19,7 @@ the same data, with the same thread count and optimiser, in one process:
               else, trained by vaelab's trainer config and data module (callbacks,
               logger, progress bar): what Lightning costs with vaelab's set-up.
   barebones   the same module under Trainer(barebones=True), Lightning's mode for
-              measuring its own overhead: the least a Lightning loop costs.
+              measuring its own overhead (no logger, checkpoints, progress bar).
 
 The machine this was written on is shared, so the load changes from second to second.
 The hand-written loop is therefore timed *interleaved* with each Lightning run, at fine
@@ -261,8 +261,9 @@ def run_floor(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, ma
 
 def run_barebones(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase) -> None:
     """BareVAE through ``Trainer(barebones=True)``: Lightning's own mode for measuring its
-    overhead (no logger, checkpoints, progress bar, model summary or profiler), with
-    only the timing callback. The least any Lightning training loop costs here."""
+    overhead (no logger, checkpoints, progress bar or model summary, and Lightning's
+    default pass-through profiler, which that mode insists on), with only the timing
+    callback."""
     with quiet(log_file):
         model = build_model(cfg, datamodule)
         model.load_state_dict(init_state)
@@ -425,8 +426,8 @@ def main() -> None:
         default="vaelab,dataloader,floor,barebones",
         help="the Lightning runs to pair with the hand loop: vaelab, dataloader, floor (a module that "
         "only computes the hand loop's loss, trained by vaelab's trainer config: what Lightning costs with "
-        "vaelab's callbacks and logger) and barebones (the same module under Trainer(barebones=True): the "
-        "least a Lightning loop costs)",
+        "vaelab's callbacks and logger) and barebones (the same module under Trainer(barebones=True), Lightning's "
+        "mode for measuring its own overhead)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="repetitions per configuration (fresh runs)")
     parser.add_argument(
