@@ -77,10 +77,11 @@ def test_train_then_eval_from_checkpoint(train, tmp_path):
     assert result["iw_samples"] == 64 and result["num_images"] == 359
     assert metrics["test/nll_iw"] <= -metrics["test/elbo"] + 1.0
     assert math.isfinite(metrics["test/nll_iw"]) and f"-> {out}" in proc.stdout
-    # optimal sigma at test time comes from the running training MSE stored in the checkpoint
+    # optimal sigma at test time is the training MSE of the weights tested: measured
+    # again by vaelab-eval, it agrees with the one stored with them (other noise draws)
     state = torch.load(ckpt, weights_only=False)["state_dict"]
-    sigma = float(soft_floor(0.5 * state["likelihood.running_mse"].log(), -6.0).exp())
-    assert metrics["test/sigma_mean"] == pytest.approx(sigma, rel=1e-5)
+    sigma = float(soft_floor(0.5 * state["likelihood.train_mse"].log(), -6.0).exp())
+    assert metrics["test/sigma_mean"] == pytest.approx(sigma, rel=0.03)
 
 
 def test_resume_from_last_checkpoint(train, tmp_path):

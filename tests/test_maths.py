@@ -95,21 +95,26 @@ def test_optimal_sigma_is_the_batch_rmse(shape):
         assert reference_gaussian(x, out, (rmse * factor).log()).sum() < best
 
 
-def test_optimal_sigma_in_eval_uses_the_running_training_mse():
-    likelihood = GaussianLikelihood(SHAPE, sigma="optimal", optimal_momentum=0.5, log_sigma_min=-20)
+@pytest.mark.parametrize("shape", ["shared", "pixel"])
+def test_optimal_sigma_in_eval_is_the_measured_training_mse(shape):
+    likelihood = GaussianLikelihood(SHAPE, sigma="optimal", optimal_shape=shape, log_sigma_min=-20)
     likelihood.train()
-    batches = [(torch.randn(6, *SHAPE), torch.rand(6, *SHAPE)) for _ in range(3)]
-    mses = [(x - out).square().mean() for out, x in batches]
-    for out, x in batches:
-        likelihood.log_prob(out, x)
-    expected = 0.25 * mses[0] + 0.25 * mses[1] + 0.5 * mses[2]
-    torch.testing.assert_close(likelihood.running_mse, expected)
+    out, x = torch.randn(6, *SHAPE), torch.rand(6, *SHAPE)
+    initial = likelihood.train_mse.clone()
+    likelihood.log_prob(out, x)  # training scores with the batch's own MSE ...
+    torch.testing.assert_close(likelihood.train_mse, initial)  # ... and leaves the eval sigma alone
+    # measured sums of squared errors over images -> the eval-mode sigma^2
+    train_out, train_x = torch.randn(20, *SHAPE), torch.rand(20, *SHAPE)
+    sq = (train_x - train_out).square()
+    likelihood.set_train_mse(likelihood.squared_error(train_out[:12], train_x[:12]) + likelihood.squared_error(train_out[12:], train_x[12:]), 20)
+    expected = sq.mean() if shape == "shared" else sq.mean(dim=0)
+    torch.testing.assert_close(likelihood.train_mse, expected)
     likelihood.eval()
     test_out, test_x = torch.randn(6, *SHAPE), torch.rand(6, *SHAPE)
     likelihood.log_prob(test_out, test_x)  # test data must not move the estimate
-    torch.testing.assert_close(likelihood.running_mse, expected)
+    torch.testing.assert_close(likelihood.train_mse, expected)
     torch.testing.assert_close(likelihood.log_sigma_for(test_out, test_x), 0.5 * expected.log())
-    assert "running_mse" in likelihood.state_dict()  # so checkpoints carry it
+    assert "train_mse" in likelihood.state_dict()  # so checkpoints carry it
 
 
 @pytest.mark.parametrize("mode", ["learned_shared", "learned_pixel", "predicted"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +48,6 @@ class GaussianLikelihoodSchema:
     log_sigma_min: float = -6.0
     log_sigma_max: float = 2.0
     optimal_shape: OptimalShape = OptimalShape.shared
-    optimal_momentum: float = 0.99
     dequantize: bool = True
 
 
@@ -69,7 +68,8 @@ class ModelSchema:
     # decoder outputs per chunk of the test-time IW bound: 2**22 floats (16 MB) per tensor;
     # 2**24 raised an MNIST run's peak memory by ~250 MB and was no faster (BENCHMARKS.md)
     iw_chunk_elements: int = 2**22
-    init_output_bias: bool = True
+    # None: the likelihood's choice (Bernoulli true, Gaussian false; BENCHMARKS.md)
+    init_output_bias: Optional[bool] = None
     compile: bool = False
     channels_last: bool = False
     encoder: Any = None
@@ -120,7 +120,6 @@ RANGE_CHECKS: list[tuple[str, Any, str]] = [
     ("model.optimizer.lr", lambda v: v > 0, "> 0"),
     ("likelihood.sigma_value", lambda v: v > 0, "> 0"),
     ("likelihood.sigma_init", lambda v: v > 0, "> 0"),
-    ("likelihood.optimal_momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("data.val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("trainer.max_epochs", lambda v: v is None or v == -1 or v >= 1, ">= 1 (or -1 for no limit)"),

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab import ddp, sweeps
 from vaelab.config import config_dir, instantiate_dict
 from vaelab.errors import report_user_errors, run_cli
+from vaelab.model.collapse import is_collapsed
 from vaelab.schema import ConfigError, validate
 
 log = logging.getLogger("vaelab.train")
@@ -139,9 +140,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "world_size": trainer.world_size,
         "ddp_pids": ddp.rank_pids(trainer),
+        "run": describe_run(cfg, model, datamodule),
+        "latents": model.latent_report,
     }
     write_summary(cfg, trainer, metrics, output_dir, extra)
+    warn_if_collapsed(metrics, model.latent_dim)
     return metrics
+
+
+def describe_run(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
+    """What a run trained, stated in metrics.json so that vaelab-compare reads it
+    instead of guessing from config keys: the likelihood, what its numbers are a
+    density or mass of (runs compare by NLL and bits/dim only within one data set and
+    data model), the sigma mode, beta and seed."""
+    likelihood = model.likelihood
+    choices = {}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    except Exception:  # noqa: BLE001 - outside a Hydra run (an extra DDP rank): no choices
+        choices = {}
+    source = getattr(datamodule, "source", None)
+    return {
+        "likelihood": type(likelihood).__name__.removesuffix("Likelihood").lower(),
+        "sigma": getattr(likelihood, "sigma_mode", None),
+        "data": getattr(source, "name", None) or choices.get("data") or type(source).__name__.lower(),
+        "data_model": likelihood.data_model(),
+        "beta": model.beta,
+        "seed": cfg.get("seed"),
+        "init_output_bias": model.init_output_bias,
+    }
+
+
+def warn_if_collapsed(metrics: dict[str, Any], latent_dim: int) -> None:
+    """One clear warning when the tested posterior collapsed (the decoder ignores z)."""
+    active, kl = metrics.get("test/active_units"), metrics.get("test/kl")
+    if is_collapsed(active, kl):
+        log.warning(
+            "Posterior collapse: %s of %d latent dimensions are active and the test KL is %.3g nats, so the decoder "
+            "ignores z (its reconstructions and samples are one mean image). Lower model.beta, or try "
+            "model.kl_warmup_steps or model.free_bits.",
+            "no" if not active else int(active), latent_dim, kl if kl is not None else float("nan"),
+        )
 
 
 def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: Any) -> dict:

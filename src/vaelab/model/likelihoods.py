@@ -35,8 +35,10 @@ class Likelihood(nn.Module):
 
     #: decoder output channels per data channel
     params_per_channel: int = 1
-    #: True when log_prob is a probability mass (no dequantisation correction in bits/dim)
-    is_discrete: bool = False
+    #: whether ``model.init_output_bias=null`` (the default) starts the decoder at the
+    #: mean image: measured per likelihood against a plain loop (BENCHMARKS.md, "Where
+    #: training starts"); the mean-image start collapses Gaussian posteriors
+    init_output_bias_by_default: bool = False
 
     def __init__(self, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -60,6 +62,18 @@ class Likelihood(nn.Module):
         first steps learning the average image."""
         raise NotImplementedError
 
+    def dequantization_levels(self, levels: int) -> int | None:
+        """The ``levels`` of the dequantisation correction bits/dim add (D log levels),
+        or None where log_prob is not a density of uniformly dequantised integers (a
+        probability mass needs no correction; a density of undequantised data bounds
+        nothing, so it gets none)."""
+        return None
+
+    def data_model(self) -> str:
+        """What the likelihood scores, in words: runs compare by NLL or bits/dim only
+        when this (and the data set) is the same."""
+        raise NotImplementedError
+
     def sigma_stats(self, decoder_out: Tensor) -> dict[str, Tensor]:
         """Summary statistics of the decoder's sigma (empty for non-Gaussian)."""
         return {}
@@ -78,7 +92,9 @@ class BernoulliLikelihood(Likelihood):
     are already 0/1; ``none`` trusts that the data are binary.
     """
 
-    is_discrete = True
+    # no collapse to undo, and on binarised MNIST the start at the mean image's logits
+    # trains as well as PyTorch's (BENCHMARKS.md, "Where training starts")
+    init_output_bias_by_default = True
 
     def __init__(self, image_shape: tuple[int, int, int], binarize: str = "dynamic"):
         super().__init__(image_shape)
@@ -100,6 +116,9 @@ class BernoulliLikelihood(Likelihood):
     def output_bias(self, data_mean: Tensor) -> Tensor:
         return torch.logit(data_mean, eps=1e-3)
 
+    def data_model(self) -> str:
+        return "binary" if self.binarize == "none" else f"binarised ({self.binarize})"
+
 
 class GaussianLikelihood(Likelihood):
     """Diagonal Gaussian decoder N(x; mu(z), sigma^2) with the full log-density.
@@ -111,8 +130,11 @@ class GaussianLikelihood(Likelihood):
       predicted       the decoder outputs a per-pixel log-sigma for each z
       optimal         sigma^2 = MSE of the batch (Rybkin et al., 2021), over the
                       whole image (``optimal_shape=shared``) or per pixel. In eval
-                      mode sigma comes from a running average of the training MSE
-                      kept as a buffer, so test data never choose their own sigma.
+                      mode sigma^2 is the buffer ``train_mse``: the MSE of the
+                      current weights on training data, measured before each
+                      validation and test (VAE.measure_sigma_on_training_data) and
+                      saved with the weights, so test data never choose their own
+                      sigma and the sigma scored is that of the weights scored.
     Learned, predicted and optimal log-sigma have a soft floor ``log_sigma_min``;
     predicted also a soft ceiling ``log_sigma_max``.
     """
@@ -126,7 +148,6 @@ class GaussianLikelihood(Likelihood):
         log_sigma_min: float = -6.0,
         log_sigma_max: float = 2.0,
         optimal_shape: Literal["shared", "pixel"] = "shared",
-        optimal_momentum: float = 0.99,
         dequantize: bool = True,
     ):
         super().__init__(image_shape)
@@ -140,7 +161,6 @@ class GaussianLikelihood(Likelihood):
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
         self.optimal_shape = optimal_shape
-        self.optimal_momentum = float(optimal_momentum)
         self.dequantize = dequantize
         self.params_per_channel = 2 if sigma == "predicted" else 1
         self.initial_log_sigma = math.log(sigma_init)
@@ -153,9 +173,10 @@ class GaussianLikelihood(Likelihood):
             self.log_sigma = nn.Parameter(torch.full(self.image_shape, math.log(sigma_init)))
         elif sigma == "optimal":
             shape = self.image_shape if optimal_shape == "pixel" else ()
-            # Running average of the training MSE: the sigma^2 used in eval mode.
-            self.register_buffer("running_mse", torch.full(shape, sigma_init**2))
-            self.register_buffer("num_mse_updates", torch.tensor(0, dtype=torch.long))
+            # sigma^2 in eval mode: the training MSE of the weights it is saved with
+            self.register_buffer("train_mse", torch.full(shape, sigma_init**2))
+            #: the latest training batch's MSE (what training scored with), for logging
+            self._batch_mse: Tensor | None = None
 
     # -- data -------------------------------------------------------------------------
     def prepare(self, images: Tensor, levels: int) -> Tensor:
@@ -164,6 +185,12 @@ class GaussianLikelihood(Likelihood):
             # discrete likelihood, and no pixel is ever exactly constant.
             return (images.float() + torch.rand(images.shape, device=images.device)) / levels
         return images.float() / (levels - 1)
+
+    def dequantization_levels(self, levels: int) -> int | None:
+        return levels if self.dequantize else None
+
+    def data_model(self) -> str:
+        return "dequantised" if self.dequantize else "not dequantised"
 
     # -- the decoder's output ------------------------------------------------------------
     def output_bias(self, data_mean: Tensor) -> Tensor:
@@ -189,23 +216,31 @@ class GaussianLikelihood(Likelihood):
         # optimal
         if self.training and x is not None:
             mse = self.batch_mse(self.mean(decoder_out), x)
-            self._update_running_mse(mse.detach())
+            self._batch_mse = mse.detach()
         else:
-            mse = self.running_mse
+            mse = self.train_mse
         return maths.soft_floor(0.5 * torch.log(mse), self.log_sigma_min)
+
+    @property
+    def measures_sigma_on_training_data(self) -> bool:
+        """True for ``optimal``: eval-mode sigma must be measured with the weights."""
+        return self.sigma_mode == "optimal"
+
+    def squared_error(self, decoder_out: Tensor, x: Tensor) -> Tensor:
+        """(x - mean)^2 summed over the batch: (C, H, W). Summed over images (not
+        averaged) so shards of the training data add up across processes."""
+        return (x - self.mean(decoder_out).float()).square().sum(dim=0)
+
+    @torch.no_grad()
+    def set_train_mse(self, squared_error_sum: Tensor, num_images: int) -> None:
+        """``train_mse`` from :meth:`squared_error` summed over ``num_images`` images."""
+        per_pixel = squared_error_sum / num_images
+        self.train_mse.copy_(per_pixel if self.optimal_shape == "pixel" else per_pixel.mean())
 
     def batch_mse(self, mean: Tensor, x: Tensor) -> Tensor:
         """The optimal sigma^2 for this batch: MSE over everything, or per pixel."""
         sq = (x - mean.float()).square()
         return sq.mean() if self.optimal_shape == "shared" else sq.mean(dim=0)
-
-    @torch.no_grad()
-    def _update_running_mse(self, mse: Tensor) -> None:
-        if int(self.num_mse_updates) == 0:
-            self.running_mse.copy_(mse)
-        else:
-            self.running_mse.lerp_(mse, 1.0 - self.optimal_momentum)
-        self.num_mse_updates += 1
 
     def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
         mean = self.mean(decoder_out).float()
@@ -213,9 +248,11 @@ class GaussianLikelihood(Likelihood):
 
     # -- reporting -------------------------------------------------------------------------
     def current_sigma(self, decoder_out: Tensor) -> Tensor:
-        """sigma without touching the running MSE (for logging and plots)."""
+        """The sigma that scores data now, for logging and plots: in training, for
+        ``optimal``, the latest batch's."""
         if self.sigma_mode == "optimal":
-            return torch.exp(maths.soft_floor(0.5 * torch.log(self.running_mse), self.log_sigma_min))
+            mse = self._batch_mse if self.training and self._batch_mse is not None else self.train_mse
+            return torch.exp(maths.soft_floor(0.5 * torch.log(mse), self.log_sigma_min))
         return torch.exp(self.log_sigma_for(decoder_out))
 
     def sigma_stats(self, decoder_out: Tensor) -> dict[str, Tensor]:

@@ -17,13 +17,20 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from vaelab.errors import NonFiniteLossError
 from vaelab.model import maths
+from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 
 EVAL_STAGES = ("val", "test")
+#: how an evaluation metric is reduced over the set: extremes are the set's, not a mean
+#: of per-batch extremes (which would change with the evaluation batch size)
+EVAL_REDUCTIONS = {"sigma_min": MinMetric, "sigma_max": MaxMetric}
+#: training images the eval-mode sigma of sigma=optimal is measured on (a fixed subset:
+#: enough that its standard error is far below a nat, cheap beside an epoch)
+SIGMA_MEASUREMENT_IMAGES = 10_000
 
 
 class TrainingSums:
@@ -86,7 +93,7 @@ class VAE(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         test_iw_samples: int = 0,
         iw_chunk_elements: int = 2**22,
-        init_output_bias: bool = True,
+        init_output_bias: bool | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ):
@@ -101,7 +108,8 @@ class VAE(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.test_iw_samples = int(test_iw_samples)
         self.iw_chunk_elements = int(iw_chunk_elements)
-        self.init_output_bias = bool(init_output_bias)
+        #: None: the likelihood's default (Likelihood.init_output_bias_by_default)
+        self.init_output_bias = likelihood.init_output_bias_by_default if init_output_bias is None else bool(init_output_bias)
         #: the composed Hydra config, stored in every checkpoint so evaluation needs nothing else
         self.run_config: dict | None = None
 
@@ -128,8 +136,15 @@ class VAE(pl.LightningModule):
         #: sigma statistics of the latest logged (or epoch's last) training batch
         self._train_sampled: dict[str, Tensor] = {}
         self.eval_metrics = nn.ModuleDict(
-            {stage: nn.ModuleDict({name: MeanMetric() for name in self.metric_names(stage)}) for stage in EVAL_STAGES}
+            {
+                stage: nn.ModuleDict({name: EVAL_REDUCTIONS.get(name, MeanMetric)() for name in self.metric_names(stage)})
+                for stage in EVAL_STAGES
+            }
         )
+        self.latent_usage = nn.ModuleDict({stage: LatentUsage(self.latent_dim) for stage in EVAL_STAGES})
+        #: the test set's KL per latent dimension and variance of the posterior mean, as
+        #: lists (filled by the test; written to metrics.json and images/latents.png)
+        self.latent_report: dict[str, list[float]] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Lightning records the running hook in ``_current_fx_name`` before and after
@@ -189,7 +204,7 @@ class VAE(pl.LightningModule):
         with self.full_precision(x):
             log_px = self.likelihood.log_prob(decoder_out, x)
             kl_per_dim = maths.kl_standard_normal(mu, log_var)
-        return {"log_px": log_px, "kl_per_dim": kl_per_dim, "decoder_out": decoder_out}
+        return {"log_px": log_px, "kl_per_dim": kl_per_dim, "decoder_out": decoder_out, "mu": mu}
 
     def kl_weight(self) -> float:
         if self.kl_warmup_steps <= 0:
@@ -197,8 +212,9 @@ class VAE(pl.LightningModule):
         return self.beta * maths.linear_warmup(self.global_step, self.kl_warmup_steps)
 
     def bits_per_dim(self, nll: Tensor) -> Tensor:
-        """Per-image NLL in nats -> bits per dimension (README: conventions)."""
-        return maths.bits_per_dim(nll, self.num_dims, None if self.likelihood.is_discrete else self.levels)
+        """Per-image NLL in nats -> bits per dimension (README: conventions); the
+        dequantisation correction only where the data were dequantised."""
+        return maths.bits_per_dim(nll, self.num_dims, self.likelihood.dequantization_levels(self.levels))
 
     def elbo_metrics(self, recon: Tensor, kl: Tensor, sigma_stats: dict[str, Tensor] | None) -> dict[str, Tensor]:
         """The ELBO, its two terms and bits/dim from per-image means of the terms; with a
@@ -320,13 +336,17 @@ class VAE(pl.LightningModule):
     def _eval_step(self, stage: str, x: Tensor) -> None:
         out = self(x)
         metrics = self.step_metrics(out)
+        self.latent_usage[stage].update(out["mu"], out["kl_per_dim"])
         if stage == "test" and self.test_iw_samples > 0:
             nll_iw = -self.importance_weighted_log_likelihood(x, self.test_iw_samples).mean()
             metrics["nll_iw"] = nll_iw
             metrics["bpd_iw"] = self.bits_per_dim(nll_iw)
         for name, value in metrics.items():
             metric = self.eval_metrics[stage][name]
-            metric.update(value, weight=x.shape[0])
+            if isinstance(metric, MeanMetric):
+                metric.update(value, weight=x.shape[0])
+            else:  # an extreme of the set
+                metric.update(value)
             self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", batch_size=x.shape[0])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -334,6 +354,58 @@ class VAE(pl.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch[0])
+
+    def on_validation_epoch_start(self) -> None:
+        self.measure_sigma_on_training_data()
+
+    def on_test_epoch_start(self) -> None:
+        self.measure_sigma_on_training_data()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_latent_usage("val")
+
+    def on_test_epoch_end(self) -> None:
+        usage = self.log_latent_usage("test")
+        self.latent_report = {k: v.tolist() for k, v in usage.items() if k != "active_units"}
+
+    def log_latent_usage(self, stage: str) -> dict[str, Tensor]:
+        """``<stage>/active_units`` logged; the metric's per-dimension results returned."""
+        metric = self.latent_usage[stage]
+        usage = metric.compute()
+        metric.reset()
+        self.log(f"{stage}/active_units", usage["active_units"].float(), sync_dist=False)
+        return usage
+
+    # -- sigma=optimal: eval-mode sigma from the training data ---------------------------
+    @torch.no_grad()
+    def measure_sigma_on_training_data(self) -> None:
+        """For a likelihood whose eval-mode sigma is a statistic of training data
+        (sigma=optimal), measure it with the current weights: the MSE of one-sample
+        reconstructions of (up to SIGMA_MEASUREMENT_IMAGES) training images, each DDP
+        process a share, summed across them. Runs before every validation and test, so
+        the sigma that scores a checkpoint is the one its weights have on training data
+        (a running average of training batches lags the weights and overstates it)."""
+        likelihood = self.likelihood
+        if not getattr(likelihood, "measures_sigma_on_training_data", False) or self._trainer is None:
+            return
+        images = getattr(getattr(self.trainer, "datamodule", None), "train_images", None)
+        if images is None or not len(images):
+            return  # keeps the value saved with the weights
+        images = images[:SIGMA_MEASUREMENT_IMAGES]
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        shard = images[rank::world]
+        total = torch.zeros(self.image_shape, device=self.device)
+        chunk = max(1, 2**22 // self.num_dims)
+        for start in range(0, shard.shape[0], chunk):
+            x = likelihood.prepare(shard[start : start + chunk].to(self.device), self.levels)
+            mu, log_var = self.encode(x)
+            decoder_out = self.decode(maths.reparameterize(mu, log_var))
+            with self.full_precision(x):
+                total += likelihood.squared_error(decoder_out, x)
+        packed = torch.cat([total.flatten(), total.new_tensor([shard.shape[0]])])
+        if world > 1:
+            packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        likelihood.set_train_mse(packed[:-1].view(self.image_shape), int(packed[-1].item()))
 
     # -- the importance-weighted bound -------------------------------------------------
     def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:

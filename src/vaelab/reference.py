@@ -1,0 +1,167 @@
+"""A plain PyTorch training loop of vaelab's objective: the reference its numbers answer to.
+
+No Lightning, no callbacks, no vaelab initialisation: the encoder, decoder and
+likelihood are built from the same config (so the networks and the log-density are
+the same objects), weights keep PyTorch's default initialisation, and the loop is the
+textbook one: shuffled minibatches, loss = beta * KL - E_q[log p(x|z)], Adam from the
+config, one validation pass per epoch, the weights of the best validation ELBO scored
+on the test set. ``sigma=optimal`` is evaluated with the training-set MSE of the
+weights being scored, measured here with its own few lines.
+
+Tests train the same config with ``vaelab-train`` and with :func:`train_reference` and
+require the test ELBOs to agree: a default, an initialisation or a schedule that moves
+vaelab's result away from what this loop reaches fails CI (tests/test_reference.py).
+bench/init_bias.py uses it to measure which starts of training collapse the posterior.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from vaelab.model import maths
+from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
+
+
+@dataclass
+class ReferenceResult:
+    """Per-image means over the test set of the scored (best validation) weights."""
+
+    elbo: float
+    recon: float
+    kl: float
+    active_units: int
+    best_epoch: int
+    val_elbo: list[float] = field(default_factory=list)
+
+
+class ReferenceVAE(nn.Module):
+    """Encoder, decoder and likelihood of a config, held together without Lightning."""
+
+    def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.likelihood: Likelihood = instantiate(cfg.likelihood, image_shape=image_shape)
+        latent_dim = int(cfg.model.latent_dim)
+        self.encoder = instantiate(cfg.model.encoder)(image_shape=image_shape, latent_dim=latent_dim)
+        self.decoder = instantiate(cfg.model.decoder)(
+            image_shape=image_shape, latent_dim=latent_dim, out_channels=image_shape[0] * self.likelihood.params_per_channel
+        )
+        self.beta = float(cfg.model.beta)
+        #: sigma^2 measured on the training data, for sigma=optimal at evaluation
+        self.eval_mse: Tensor | None = None
+
+    def terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """log p(x|z) per image, KL per image and latent dimension, the decoder's mean, mu."""
+        mu, log_var = self.encoder(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        out = self.decoder(z)
+        if self.is_optimal and not self.training:
+            mean = self.likelihood.mean(out)
+            log_px = maths.gaussian_log_prob(x, mean, 0.5 * torch.log(self.eval_mse))
+        else:
+            log_px = self.likelihood.log_prob(out, x)
+        return log_px, maths.kl_standard_normal(mu, log_var), self.likelihood.mean(out), mu
+
+    @property
+    def is_optimal(self) -> bool:
+        return isinstance(self.likelihood, GaussianLikelihood) and self.likelihood.sigma_mode == "optimal"
+
+
+def _batches(images: Tensor, batch_size: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    order = torch.randperm(images.shape[0], generator=generator) if generator is not None else torch.arange(images.shape[0])
+    return [images[order[i : i + batch_size]] for i in range(0, images.shape[0], batch_size)]
+
+
+@torch.no_grad()
+def _measure_optimal_mse(model: ReferenceVAE, images: Tensor, levels: int, batch_size: int) -> None:
+    """sigma^2 = mean squared error of the current weights on the training images
+    (shared or per pixel, as the likelihood says), one z sample per image."""
+    model.train()  # the training-time objective's reconstruction, no eval-mode sigma
+    sq_sum: Tensor | float = 0.0
+    for batch in _batches(images, batch_size):
+        x = model.likelihood.prepare(batch, levels)
+        mu, log_var = model.encoder(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        sq_sum = sq_sum + (x - model.likelihood.mean(model.decoder(z))).square().sum(dim=0)
+    per_pixel = sq_sum / images.shape[0]
+    model.eval_mse = per_pixel if model.likelihood.optimal_shape == "pixel" else per_pixel.mean()
+
+
+@torch.no_grad()
+def _evaluate(model: ReferenceVAE, images: Tensor, levels: int, batch_size: int) -> dict[str, Any]:
+    model.eval()
+    recon = kl = 0.0
+    kl_dims: Tensor | float = 0.0
+    means: list[Tensor] = []
+    for batch in _batches(images, batch_size):
+        x = model.likelihood.prepare(batch, levels)
+        log_px, kl_per_dim, _, mu = model.terms(x)
+        recon += float(log_px.sum())
+        kl += float(kl_per_dim.sum())
+        kl_dims = kl_dims + kl_per_dim.sum(dim=0)
+        means.append(mu)
+    n = images.shape[0]
+    variance = torch.cat(means).var(dim=0, unbiased=False)
+    return {"elbo": (recon - kl) / n, "recon": recon / n, "kl": kl / n, "active_units": int((variance > 0.01).sum())}
+
+
+def train_reference(
+    cfg: DictConfig,
+    datamodule: Any,
+    epochs: int,
+    seed: int,
+    init_output_bias: bool = False,
+    eval_batch_size: int = 512,
+) -> ReferenceResult:
+    """Train ``cfg``'s model on ``datamodule``'s splits (set up already) for ``epochs``
+    epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
+
+    ``init_output_bias`` starts the decoder's last bias at the mean training input
+    (what ``model.init_output_bias`` does in vaelab), for measuring what it changes.
+    """
+    torch.manual_seed(seed)
+    image_shape = tuple(datamodule.image_shape)
+    levels = int(datamodule.levels)
+    model = ReferenceVAE(cfg, image_shape)
+    train_images, val_images, test_images = datamodule.train_images.cpu(), datamodule.val_images.cpu(), datamodule.test_images.cpu()
+    if init_output_bias:
+        with torch.no_grad():
+            mean = model.likelihood.prepare(train_images, levels).mean(dim=0)
+            last = [m for m in model.decoder.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
+            bias = model.likelihood.output_bias(mean)
+            last.bias.copy_(bias.flatten() if isinstance(last, nn.Linear) else bias.mean(dim=(1, 2)))
+    optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())
+    batch_size = int(cfg.data.batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    best: tuple[float, int, dict] = (-math.inf, -1, {})
+    history: list[float] = []
+    for epoch in range(epochs):
+        model.train()
+        for batch in _batches(train_images, batch_size, generator):
+            x = model.likelihood.prepare(batch, levels)
+            log_px, kl_per_dim, _, _ = model.terms(x)
+            loss = model.beta * kl_per_dim.sum(dim=1).mean() - log_px.mean()
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"reference loop: non-finite loss at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if model.is_optimal:
+            _measure_optimal_mse(model, train_images, levels, eval_batch_size)
+        val = _evaluate(model, val_images, levels, eval_batch_size)["elbo"]
+        history.append(val)
+        if val > best[0]:
+            best = (val, epoch, {"state": copy.deepcopy(model.state_dict()), "eval_mse": model.eval_mse})
+    model.load_state_dict(best[2]["state"])
+    model.eval_mse = best[2]["eval_mse"]
+    test = _evaluate(model, test_images, levels, eval_batch_size)
+    return ReferenceResult(
+        elbo=test["elbo"], recon=test["recon"], kl=test["kl"], active_units=test["active_units"], best_epoch=best[1], val_elbo=history
+    )
