@@ -34,7 +34,7 @@ def composed_config(likelihood: str = "gaussian", sigma: str = "fixed", beta: fl
         lik = {
             "_target_": "vaelab.model.likelihoods.GaussianLikelihood",
             "sigma": sigma, "sigma_value": sigma_value, "sigma_init": 0.1, "log_sigma_min": -6.0, "log_sigma_max": 2.0,
-            "optimal_shape": "shared", "optimal_momentum": 0.99, "dequantize": True,
+            "optimal_shape": "shared", "dequantize": True,
         }
     else:
         lik = {"_target_": "vaelab.model.likelihoods.BernoulliLikelihood", "binarize": "dynamic"}
@@ -333,7 +333,7 @@ def test_out_and_metric_options(sweep, tmp_path, capsys):
     assert not (sweep / "compare").exists() and (out / "table.md").is_file()
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert "test/bpd" in rows[0] and [float(r["test/bpd"]) for r in rows] == sorted(float(r["test/bpd"]) for r in rows)
-    assert "Sorted by test/bpd, lower is better" in capsys.readouterr().out
+    assert "Ranked by test/bpd, lower is better" in capsys.readouterr().out
 
 
 def test_a_sweep_with_no_finished_job_still_writes_its_table(tmp_path, capsys):

@@ -1,0 +1,271 @@
+"""The comparison's figures: rate-distortion, ELBO and NLL against beta, a sample montage.
+
+Each function takes records (jobs', or settings' from :func:`vaelab.compare.seeds.
+aggregate_seeds`, whose ``<key>_sd`` become error bars of one standard deviation) and
+returns a matplotlib Figure drawn on the Agg canvas (no pyplot, no global backend), or
+None when there is nothing to draw. Collapsed posteriors are ringed in red.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vaelab.compare.records import setting, short_names, swept_keys
+from vaelab.compare.seeds import SEED_KEY
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+COLLAPSE_LABEL = "posterior collapsed (ringed)"
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | Path | None, dpi: int = 110) -> None:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, facecolor="white")
+
+
+def line_groups(records: Sequence[dict[str, Any]], value: str) -> dict[str, list[dict[str, Any]]]:
+    """Records that have ``value`` and a beta, grouped into lines across beta: one line
+    per decoder (sigma mode, or Bernoulli), and per value of any other swept key."""
+    swept, _ = swept_keys(records)
+    others = [k for k in swept if k not in ("model.beta", SEED_KEY) and not k.startswith("likelihood")]
+    names = short_names(others)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get(value) is None or record.get("beta") is None:
+            continue
+        label = ", ".join([record["decoder"], *(f"{names[k]}={setting(record, k)}" for k in others)])
+        groups.setdefault(label, []).append(record)
+    for members in groups.values():
+        members.sort(key=lambda r: r["beta"])
+    return dict(sorted(groups.items()))
+
+
+def _done(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("status") == "done"]
+
+
+def _count(done: Sequence[dict[str, Any]]) -> str:
+    """``12 finished jobs``, or for settings ``6 settings, mean ± sd of 3 seeds``."""
+    if any("n" in r for r in done):
+        seeds = sorted({r["n"] for r in done})
+        each = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        return f"{len(done)} settings; mean and ±1 sd of {each} seeds each"
+    return f"{len(done)} finished jobs"
+
+
+def _line(ax: Any, x: list, y: list, members: Sequence[dict[str, Any]], x_key: str | None, y_key: str, **style: Any) -> Any:
+    """A line through the points, with error bars of one sd where the records have them."""
+    xerr = [m.get(f"{x_key}_sd", 0.0) for m in members] if x_key else None
+    yerr = [m.get(f"{y_key}_sd", 0.0) for m in members]
+    if y_key == "nll" and not any(yerr):  # the NLL's spread is that of its source metric
+        yerr = [m.get(f"{m.get('nll_source', '').lstrip('-')}_sd", 0.0) for m in members]
+    if any(yerr) or (xerr and any(xerr)):
+        container = ax.errorbar(x, y, xerr=xerr if xerr and any(xerr) else None, yerr=yerr if any(yerr) else None, capsize=3, **style)
+        return container.lines[0]
+    (line,) = ax.plot(x, y, **style)
+    return line
+
+
+def _ring_collapsed(ax: Any, records: Sequence[dict[str, Any]], x: Any, y: Any) -> None:
+    """A red ring around each point whose posterior collapsed (one legend entry)."""
+    points = [(x(r), y(r)) for r in records if r.get("collapsed") and x(r) is not None and y(r) is not None]
+    if points:
+        ax.scatter(*zip(*points), s=160, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5, label=COLLAPSE_LABEL)
+
+
+def plot_rate_distortion(records: Sequence[dict[str, Any]], path: str | Path | None = None) -> Any:
+    """Rate (test KL) against distortion (-test recon), one line per decoder across beta,
+    each point labelled with its beta. Returns the Figure (None when no done job has
+    both numbers); saved to ``path`` when given."""
+    done = [r for r in _done(records) if r.get("test/kl") is not None and r.get("test/recon") is not None]
+    if not done:
+        return None
+    groups = line_groups(done, "test/kl")
+    xs, ys = [r["test/kl"] for r in done], [-r["test/recon"] for r in done]
+    span = (max(xs) - min(xs) or 1.0, max(ys) - min(ys) or 1.0)
+    fig = _figure(8, 5.5 + 0.18 * math.ceil(len(groups) / 2))
+    ax = fig.add_subplot()
+    for index, (label, members) in enumerate(groups.items()):
+        x = [r["test/kl"] for r in members]
+        y = [-r["test/recon"] for r in members]
+        line = _line(ax, x, y, members, "test/kl", "test/recon", marker=_MARKERS[index % len(_MARKERS)], label=label)
+        for i, (betas, xi, yi) in enumerate(_merge_close(members, x, y, span)):
+            ax.annotate(
+                "β=" + ", ".join(f"{b:g}" for b in betas), (xi, yi), textcoords="offset points",
+                xytext=(5, 5 if i % 2 == 0 else -11), fontsize=8, color=line.get_color(),
+            )
+    _ring_collapsed(ax, done, lambda r: r["test/kl"], lambda r: -r["test/recon"])
+    ax.set_xlabel("rate: KL(q(z|x) ‖ p(z))  [nats per image]")
+    ax.set_ylabel("distortion: −E_q[log p(x|z)]  [nats per image]")
+    ax.set_title(f"Rate–distortion on the test set ({_count(done)}; points labelled with training β)")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.08, y=0.08)
+    fig.legend(loc="outside lower center", ncols=min(2, len(groups)), title="decoder", fontsize=8, title_fontsize=9)
+    _save(fig, path)
+    return fig
+
+
+def _merge_close(
+    members: Sequence[dict[str, Any]], x: Sequence[float], y: Sequence[float], span: tuple[float, float], tol: float = 0.02
+) -> list[tuple[list[float], float, float]]:
+    """Points of one line that (nearly) coincide get one label listing their betas."""
+    labels: list[tuple[list[float], float, float]] = []
+    for r, xi, yi in zip(members, x, y):
+        for betas, xj, yj in labels:
+            if abs(xi - xj) <= tol * span[0] and abs(yi - yj) <= tol * span[1]:
+                betas.append(r["beta"])
+                break
+        else:
+            labels.append(([r["beta"]], xi, yi))
+    return labels
+
+
+def _beta_axis(ax: Any, betas: Sequence[float]) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    if any(b <= 0 for b in betas):
+        positive = [b for b in betas if b > 0]
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-3)
+    else:
+        ax.set_xscale("log")
+    distinct = sorted(set(betas))
+    if len(distinct) <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(distinct))
+        ax.set_xticklabels([f"{b:g}" for b in distinct])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.set_xlabel("β (KL weight in training; log scale)")
+
+
+def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | None = None) -> Any:
+    """Two panels against beta (log axis): test ELBO, and test NLL (importance-weighted;
+    -ELBO where no NLL was logged). One line per decoder. Returns the Figure, or None
+    when no done job has a test ELBO."""
+    done = [r for r in _done(records) if r.get("test/elbo") is not None]
+    if not done:
+        return None
+    groups = {key: line_groups(done, key) for key in ("test/elbo", "nll")}
+    n_labels = len(set(groups["test/elbo"]) | set(groups["nll"]))
+    fig = _figure(12, 5 + 0.18 * math.ceil(n_labels / 3))
+    left, right = fig.subplots(1, 2)
+    markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(sorted(set(groups["test/elbo"]) | set(groups["nll"])))}
+    colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(markers))}
+    for ax, key, ylabel, title in (
+        (left, "test/elbo", "test ELBO  [nats per image]  (higher is better)", "ELBO (β = 1 bound) against training β"),
+        (right, "nll", "test NLL  [nats per image]  (lower is better)", "Importance-weighted NLL against training β"),
+    ):
+        for label, members in groups[key].items():
+            _line(
+                ax, [r["beta"] for r in members], [r[key] for r in members], members, None, key,
+                marker=markers[label], color=colours[label], label=label,
+            )
+        _ring_collapsed(ax, done, lambda r: r["beta"], lambda r, key=key: r.get(key))
+        _beta_axis(ax, [r["beta"] for r in done if r.get("beta") is not None])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    if any(r.get("nll_source") == "-test/elbo" for r in done):
+        right.set_title("NLL against training β (−ELBO where no IW estimate)")
+    handles = {label: h for ax in (left, right) for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)),
+        title="decoder", fontsize=8, title_fontsize=9,
+    )
+    fig.suptitle(f"Test ELBO and NLL across β ({_count(done)})")
+    _save(fig, path)
+    return fig
+
+
+def job_title(record: dict[str, Any], swept: Sequence[str], width: int = 34) -> str:
+    """The job's swept values (short key names; keys it does not have left out),
+    wrapped to lines of ``width`` characters; its folder when nothing was swept."""
+    names = short_names(list(swept))
+    parts = [f"{names[k]}={value}" for k in swept if (value := setting(record, k)) != ""]
+    return textwrap.fill(", ".join(parts), width, break_on_hyphens=False) if parts else record["job"]
+
+
+def _tile(record: dict[str, Any], box: int, with_map: bool) -> Any:
+    """The job's samples.png fitted into a ``box`` x ``box`` square, and when
+    ``with_map``, a second square beside it with its sigma_map.png (blank when it has
+    none); one RGB image. None when samples.png cannot be read."""
+    from PIL import Image
+
+    images = Path(record["path"]) / "images"
+    gap = box // 20
+    tile = Image.new("RGB", (2 * box + gap if with_map else box, box), "white")
+    for slot, name in enumerate(["samples.png", "sigma_map.png"] if with_map else ["samples.png"]):
+        try:
+            with Image.open(images / name) as image:
+                image = image.convert("RGB")
+                if max(image.size) > box:
+                    image.thumbnail((box, box), Image.Resampling.LANCZOS)
+                scale = min(box / image.width, box / image.height)
+                if scale > 1:  # small grids: blow up, keeping pixels sharp
+                    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST)
+                left = slot * (box + gap) + (box - image.width) // 2
+                tile.paste(image, (left, (box - image.height) // 2))
+        except (OSError, ValueError):
+            if slot == 0:
+                return None
+    return tile
+
+
+def _grid_shape(n: int, cell_w: float, cell_h: float, max_cols: int, target: float = 1.4) -> tuple[int, int]:
+    """Columns and rows for ``n`` cells: a figure close to ``target`` wide:high, with
+    few empty cells."""
+    best = min(
+        range(1, max(1, min(n, max_cols)) + 1),
+        key=lambda c: abs(math.log((c * cell_w) / (math.ceil(n / c) * cell_h) / target)) + (c * math.ceil(n / c) - n) / n,
+    )
+    return best, math.ceil(n / best)
+
+
+def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = None, box_px: int = 180, max_cols: int = 8) -> Any:
+    """One tile per done job, in the given order: its prior samples, with its sigma map
+    beside them when any job has one, titled with the job's swept values and its NLL.
+    Tiles shrink as jobs are added, so 20+ jobs fit one readable grid. Returns the
+    Figure, or None when no done job has samples.png."""
+    swept, _ = swept_keys(records)
+    done = [r for r in _done(records) if r.get("has_samples")]
+    with_map = any(r.get("has_sigma_map") for r in done)
+    tiles = [(r, t) for r in done if (t := _tile(r, box_px, with_map)) is not None]
+    if not tiles:
+        return None
+    n = len(tiles)
+    box_in = 2.0 if n <= 12 else 1.6
+    cell_w = box_in * (2.05 if with_map else 1.0) + 0.2
+    width_chars = max(20, int(cell_w * 17))
+    titles = [job_title(r, swept, width_chars) + "\n" + (f"NLL {r['nll']:.1f} nats" if r.get("nll") is not None else r["job"]) for r, _ in tiles]
+    cell_h = box_in + 0.14 * max(t.count("\n") + 1 for t in titles) + 0.15
+    cols, rows = _grid_shape(n, cell_w, cell_h, max_cols)
+    fig = _figure(cols * cell_w, rows * cell_h + 0.45)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (record, tile), title in zip(axes.flat, tiles, titles):
+        ax.imshow(tile, interpolation="antialiased")
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(
+        f"Prior samples of the {n} finished jobs"
+        + (";  right: decoder sigma per pixel (sigma_map.png), where it varies" if with_map else ""),
+        fontsize=10,
+    )
+    _save(fig, path, dpi=100)
+    return fig
+
