@@ -336,16 +336,19 @@ def test_timings_callback_marks_the_first_step_and_writes_its_file(tmp_path, cap
 def test_timings_callback_times_each_epoch_without_its_validation(tmp_path):
     from vaelab.callbacks import Timings
 
-    class SlowValidation(pl.Callback):  # half a second of every validation, inside the epoch
+    skipped = {"s": 0.0}  # seconds the fake clock has been moved on by validations
+
+    class SlowValidation(pl.Callback):  # every validation "takes" 100 s more, inside the epoch
         def on_validation_start(self, trainer, pl_module):
-            time.sleep(0.5)
+            skipped["s"] += 100.0
 
     timings = Timings(dirpath=str(tmp_path / "run"), announce=False)
-    callbacks = [timings, SlowValidation()]  # Timings' clock starts before the sleep
+    timings.clock = lambda: time.perf_counter() + skipped["s"]
+    callbacks = [timings, SlowValidation()]  # Timings' clock starts before the jump
     _, _, trainer = train_steps(tmp_path, steps=10**6, callbacks=callbacks, max_epochs=3, limit_val_batches=None)
     t = timings.times
     assert trainer.current_epoch == 3 and len(t["epoch_train_s"]) == 3
-    assert t["validation_s"] >= 1.5
-    # an epoch of digits trains in well under 0.5 s: none of the validation is counted
-    assert all(0 < s < 0.5 for s in t["epoch_train_s"]), t["epoch_train_s"]
+    assert t["validation_s"] >= 300.0
+    # none of the 100 s of any validation is counted in an epoch's training seconds
+    assert all(0 < s < 100.0 for s in t["epoch_train_s"]), t["epoch_train_s"]
     assert sum(t["epoch_train_s"]) <= t["train_s"]
