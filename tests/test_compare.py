@@ -29,7 +29,9 @@ PLOTS = ("rate_distortion.png", "elbo_nll_vs_beta.png", "montage.png")
 
 
 # -- job folders in the formats vaelab-train writes -------------------------------------
-def composed_config(likelihood: str = "gaussian", sigma: str = "fixed", beta: float = 1.0, sigma_value: float = 0.1, latent_dim: int = 16) -> dict:
+def composed_config(
+    likelihood: str = "gaussian", sigma: str = "fixed", beta: float = 1.0, sigma_value: float = 0.1, latent_dim: int = 16, seed: int = 42
+) -> dict:
     if likelihood == "gaussian":
         lik = {
             "_target_": "vaelab.model.likelihoods.GaussianLikelihood",
@@ -39,7 +41,7 @@ def composed_config(likelihood: str = "gaussian", sigma: str = "fixed", beta: fl
     else:
         lik = {"_target_": "vaelab.model.likelihoods.BernoulliLikelihood", "binarize": "dynamic"}
     return {
-        "task_name": "train", "seed": 42, "test": True, "optimized_metric": "val/elbo",
+        "task_name": "train", "seed": seed, "test": True, "optimized_metric": "val/elbo",
         "data": {"_target_": "vaelab.data.ImageDataModule", "batch_size": 128, "seed": "${seed}"},
         "model": {"_target_": "vaelab.model.vae.VAE", "latent_dim": latent_dim, "beta": beta, "test_iw_samples": 4},
         "likelihood": lik,
@@ -87,13 +89,15 @@ def make_job(
     images: bool = True,
     sigma_map: bool = False,
     val_elbos: tuple[float, ...] = (-130.0, -120.0, -115.0),
+    seed: int = 42,
+    active_units: float | None = None,
 ) -> Path:
     """A job folder as vaelab-train leaves it: done, running (csv only), failed
     (FAILED marker, or a log ending in a traceback), or started (nothing logged)."""
     job = sweep / name
     hydra_dir = job / ".hydra"
     hydra_dir.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(composed_config(likelihood, sigma, beta, sigma_value, latent_dim)), hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(composed_config(likelihood, sigma, beta, sigma_value, latent_dim, seed)), hydra_dir / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
     choices = {"data": "digits", "model": "mlp", "likelihood": likelihood, "debug": "short"}
     (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}))
@@ -110,7 +114,13 @@ def make_job(
             metrics |= {"test/nll_iw": nll, "test/bpd_iw": nll / 44.0}
         if gaussian:
             metrics |= {"test/beta_eff": beta_eff, "test/sigma_mean": sigma_mean, "val/beta_eff": beta_eff}
+        if active_units is not None:
+            metrics["test/active_units"] = active_units
         summary = {"metrics": metrics, "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"), "epochs": len(val_elbos), "global_step": 6}
+        summary["run"] = {  # what vaelab-train states about the run
+            "likelihood": likelihood, "sigma": sigma if gaussian else None, "data": "digits",
+            "data_model": "dequantised" if gaussian else "binarised (dynamic)", "beta": beta, "seed": seed,
+        }
         (job / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         if images:
             write_png(job / "images" / "samples.png", (457, 457), seed=len(name))
@@ -431,3 +441,87 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
     assert len(pngs) == 3  # rate-distortion, ELBO/NLL against beta, montage
     markdown = [out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})]
     assert len(markdown) == 1 and markdown[0].count("| done |") == 4
+
+
+# -- comparisons that can be trusted: groups, collapse, seeds ----------------------------
+def test_ranks_stay_within_one_data_set_and_data_model(sweep):
+    make_job(sweep, "bern", ["debug=short", "likelihood=bernoulli", "model.beta=1"], likelihood="bernoulli", nll=20.0, elbo=-22.0)
+    table = compare.build_table(compare.load_sweep(sweep))
+    # the Bernoulli mass of binarised digits has the smallest NLL, but ranks only among its own kind
+    gaussian = [r for r in table.rows if r["likelihood"] == "gaussian"]
+    bernoulli = next(r for r in table.rows if r["likelihood"] == "bernoulli")
+    assert [r["rank"] for r in gaussian] == [1, 2, 3, 4] and bernoulli["rank"] == 1
+    assert table.rows[-1] is bernoulli  # the larger group first
+    assert {r["comparable"] for r in table.rows} == {"digits, dequantised", "digits, binarised (dynamic)"}
+    text = table.markdown()
+    assert "compare only within one `compared as` group" in text and "| compared as |" in text
+
+
+def test_collapsed_jobs_are_marked_in_the_table_and_ringed_in_the_plots(sweep, tmp_path):
+    make_job(sweep, "dead", ["debug=short", "likelihood.sigma=fixed", "model.beta=4"], beta=4.0, kl=0.01, active_units=0, nll=150.0)
+    records = compare.load_sweep(sweep)
+    dead = next(r for r in records if r["job"] == "dead")
+    assert dead["collapsed"] is True and dead["active_units"] == 0
+    assert not any(r["collapsed"] for r in records if r["job"] != "dead")
+    table = compare.build_table(records)
+    row = next(r for r in table.rows if r["job"] == "dead")
+    cell = table.cell(row, next(c for c in table.columns if c.key == "active_units"))
+    assert cell == "0 (collapsed)" and "(collapsed): no latent dimension is active" in table.markdown()
+    fig = compare.plot_rate_distortion(compare.sort_records(records), tmp_path / "rd.png")
+    assert compare.plots.COLLAPSE_LABEL in fig.axes[0].get_legend_handles_labels()[1]
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path) -> Path:
+    """Two sigma modes x three seeds, and a Bernoulli setting with three seeds."""
+    root = tmp_path / "seeded"
+    root.mkdir()
+    multirun_yaml(root, ["debug=short", "likelihood.sigma=fixed,learned_shared", "seed=1,2,3"])
+    nlls = {"fixed": (100.0, 104.0, 102.0), "learned_shared": (101.0, 97.0, 99.0)}
+    for sigma, values in nlls.items():
+        for seed, nll in zip((1, 2, 3), values):
+            make_job(root, f"{sigma},seed={seed}", ["debug=short", f"likelihood.sigma={sigma}", f"seed={seed}"],
+                     sigma=sigma, seed=seed, nll=nll, elbo=-nll - 5, kl=2.0 + seed, active_units=4)
+    for seed, nll in zip((1, 2, 3), (60.0, 61.0, 59.0)):
+        make_job(root, f"bern,seed={seed}", ["debug=short", "likelihood=bernoulli", f"seed={seed}"], likelihood="bernoulli", seed=seed, nll=nll,
+                 active_units=0 if seed == 1 else 3)
+    return root
+
+
+def test_jobs_that_differ_only_by_seed_are_one_setting_with_its_spread(seeded_sweep):
+    records = compare.load_sweep(seeded_sweep)
+    assert compare.seeds_swept(records)
+    table = compare.build_settings_table(records)
+    assert table.per == "settings" and len(table.rows) == 3 and "seed" not in table.swept
+    by_sigma = {r["sigma"]: r for r in table.rows}
+    fixed, learned = by_sigma["fixed 0.1"], by_sigma["learned_shared"]
+    assert fixed["n"] == 3 and sorted(fixed["seeds"]) == [1, 2, 3]
+    assert fixed["nll"] == pytest.approx(102.0) and fixed["nll_sd"] == pytest.approx(2.0)
+    assert learned["nll"] == pytest.approx(99.0) and learned["nll_sd"] == pytest.approx(2.0)
+    assert learned["rank"] == 1 and fixed["rank"] == 2
+    # 3 nats apart with sd 2 over 3 seeds: the standard error of the gap is 1.63, so 3 < 2 x 1.63
+    assert fixed["vs_best"] == "3 worse, within noise"
+    cell = table.cell(fixed, next(c for c in table.columns if c.key == "nll"))
+    assert cell == "102.00 ± 2.00"
+    text = table.markdown()
+    assert "is not distinguishable from" in text and "3 settings of 9 jobs: 9 done" in text
+    bern = next(r for r in table.rows if r["likelihood"] == "bernoulli")
+    assert bern["collapsed_count"] == 1 and bern["rank"] == 1  # its own group
+    assert "(collapsed in 1 of 3)" in table.cell(bern, next(c for c in table.columns if c.key == "active_units"))
+    with_more_seeds = compare.seeds.within_noise({"nll": 99.0, "nll_sd": 0.1, "n": 3}, {"nll": 102.0, "nll_sd": 0.1, "n": 3}, "nll")
+    assert with_more_seeds is False  # the same gap with little spread is a real difference
+
+
+def test_the_command_writes_settings_and_error_bars_when_seeds_were_swept(seeded_sweep, capsys):
+    assert compare.main([str(seeded_sweep)]) == 0
+    out = capsys.readouterr().out
+    folder = seeded_sweep / "compare"
+    text = (folder / "table.md").read_text()
+    assert "## Settings over seeds" in text and "## Every job" in text and "3 settings of 9 jobs" in out
+    rows = list(csv.DictReader((folder / "settings.csv").open()))
+    assert len(rows) == 3 and "nll_sd" in rows[0] and float(rows[0]["nll_sd"]) == pytest.approx(2.0)
+    records = compare.aggregate_seeds(compare.load_sweep(seeded_sweep))
+    fig = compare.plot_elbo_nll_vs_beta(compare.sort_records(records))
+    caps = [c for ax in fig.axes for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert caps, "settings with a spread are drawn with error bars"
+    assert "mean and ±1 sd of 3 seeds" in fig._suptitle.get_text()

@@ -68,7 +68,7 @@ class ModelSchema:
     # decoder outputs per chunk of the test-time IW bound: 2**22 floats (16 MB) per tensor;
     # 2**24 raised an MNIST run's peak memory by ~250 MB and was no faster (BENCHMARKS.md)
     iw_chunk_elements: int = 2**22
-    # None: the likelihood's choice (Bernoulli true, Gaussian false; BENCHMARKS.md)
+    # None: the likelihood's choice (Likelihood.init_output_bias_by_default; BENCHMARKS.md)
     init_output_bias: Optional[bool] = None
     compile: bool = False
     channels_last: bool = False
