@@ -45,6 +45,14 @@ def test_default_main_job(train, tmp_path):
         assert (run_dir / "images" / image).stat().st_size > 1000
     summary = read_metrics(run_dir)
     assert summary["epochs"] == 100
+    # what was trained, stated for vaelab-compare; how the latents are used
+    assert summary["run"] == {
+        "likelihood": "gaussian", "sigma": "learned_shared", "data": "digits", "data_model": "dequantised",
+        "beta": 1.0, "seed": 42, "init_output_bias": False,
+    }
+    assert len(summary["latents"]["kl_per_dim"]) == 16 and metrics["test/active_units"] >= 8
+    assert (run_dir / "images" / "latents.png").stat().st_size > 1000
+    assert "Posterior collapse" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv"])
@@ -121,3 +129,12 @@ def test_csv_tensorboard_and_wandb_offline_together(train, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     (wandb_run,) = list((run_dir / "wandb").glob("offline-run-*"))
     assert list(wandb_run.glob("*.wandb"))
+
+
+def test_a_collapsed_posterior_is_reported_at_the_end_of_the_run(train, tmp_path):
+    proc = train("likelihood=bernoulli", "model.beta=20", "trainer.max_epochs=5", "trainer.enable_progress_bar=false")
+    (run_dir,) = run_folders(tmp_path)
+    metrics = read_metrics(run_dir)["metrics"]
+    assert metrics["test/active_units"] == 0 and metrics["test/kl"] < 0.5
+    output = proc.stdout + proc.stderr
+    assert "Posterior collapse: 0 of 16 latent dimensions are active" in output and "Lower model.beta" in output

@@ -181,7 +181,7 @@ def warn_if_collapsed(metrics: dict[str, Any], latent_dim: int) -> None:
             "Posterior collapse: %s of %d latent dimensions are active and the test KL is %.3g nats, so the decoder "
             "ignores z (its reconstructions and samples are one mean image). Lower model.beta, or try "
             "model.kl_warmup_steps or model.free_bits.",
-            "no" if not active else int(active), latent_dim, kl if kl is not None else float("nan"),
+            int(active or 0), latent_dim, kl if kl is not None else float("nan"),
         )
 
 
