@@ -193,14 +193,7 @@ def build_table(records: Sequence[dict[str, Any]], metric: str | None = None) ->
     metric = metric or DEFAULT_METRIC
     swept, common = swept_keys(records)
     columns, swept = _layout(records, swept, "jobs", metric)
-    rows = []
-    for record in sort_records(records, metric):
-        row = {k: v for k, v in record.items() if k not in NESTED}
-        row.update({f"set:{k}": setting(record, k) for k in swept})
-        if metric != DEFAULT_METRIC:
-            row[metric] = metric_value(record, metric)
-        rows.append(row)
-    rank_within_groups(rows, metric)
+    rows = _ranked_rows(records, swept, metric)
     counts = {status: sum(r["status"] == status for r in records) for status in STATUS_ORDER}
     notes = _notes(records, rows, metric, counts)
     return Table(columns, rows, metric, swept, common, counts, notes)
@@ -216,16 +209,7 @@ def build_settings_table(records: Sequence[dict[str, Any]], metric: str | None =
     swept = [k for k in swept if k != SEED_KEY]
     settings = aggregate_seeds(records)
     columns, swept = _layout(settings, swept, "settings", metric)
-    rows = []
-    for record in sort_records(settings, metric):
-        row = {k: v for k, v in record.items() if k not in NESTED}
-        row.update({f"set:{k}": setting(record, k) for k in swept})
-        if metric != DEFAULT_METRIC:
-            row[metric] = metric_value(record, metric)
-            if f"{metric}_sd" in record:
-                row[f"{metric}_sd"] = record[f"{metric}_sd"]
-        rows.append(row)
-    rank_within_groups(rows, metric)
+    rows = _ranked_rows(settings, swept, metric)
     key = "nll" if metric == DEFAULT_METRIC else metric
     best: dict[str, dict[str, Any]] = {}
     indistinct: dict[str, list[str]] = {}
@@ -261,6 +245,20 @@ def build_settings_table(records: Sequence[dict[str, Any]], metric: str | None =
         )
     notes += [n for n in _notes(records, rows, metric, counts) if not n.startswith("`")]
     return Table(columns, rows, metric, swept, common, counts, notes, per="settings")
+
+
+def _ranked_rows(records: Sequence[dict[str, Any]], swept: Sequence[str], metric: str) -> list[dict[str, Any]]:
+    """The table's rows: records without their nested keys, with their swept values
+    (``set:<key>``), in :func:`sort_records` order and ranked within their groups."""
+    rows = []
+    for record in sort_records(records, metric):
+        row = {k: v for k, v in record.items() if k not in NESTED}
+        row.update({f"set:{k}": setting(record, k) for k in swept})
+        if metric != DEFAULT_METRIC:
+            row[metric] = metric_value(record, metric)
+        rows.append(row)
+    rank_within_groups(rows, metric)
+    return rows
 
 
 def _setting_name(row: dict[str, Any], swept: Sequence[str]) -> str:
