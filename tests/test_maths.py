@@ -115,6 +115,10 @@ def test_optimal_sigma_in_eval_is_the_measured_training_mse(shape):
     torch.testing.assert_close(likelihood.train_mse, expected)
     torch.testing.assert_close(likelihood.log_sigma_for(test_out, test_x), 0.5 * expected.log())
     assert "train_mse" in likelihood.state_dict()  # so checkpoints carry it
+    # a checkpoint of the running-average era still loads
+    old = GaussianLikelihood(SHAPE, sigma="optimal", optimal_shape=shape)
+    old.load_state_dict({"running_mse": expected * 2, "num_mse_updates": torch.tensor(7)})
+    torch.testing.assert_close(old.train_mse, expected * 2)
 
 
 @pytest.mark.parametrize("mode", ["learned_shared", "learned_pixel", "predicted"])

@@ -230,6 +230,15 @@ class GaussianLikelihood(Likelihood):
             mse = self.train_mse
         return maths.soft_floor(0.5 * torch.log(mse), self.log_sigma_min)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Checkpoints written before 2026-12-01 kept a running average as
+        ``running_mse`` (and an update count): loaded as ``train_mse``, which the next
+        validation or test measures again anyway."""
+        if f"{prefix}running_mse" in state_dict:
+            state_dict[f"{prefix}train_mse"] = state_dict.pop(f"{prefix}running_mse")
+            state_dict.pop(f"{prefix}num_mse_updates", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def measures_sigma_on_training_data(self) -> bool:
         """True for ``optimal``: eval-mode sigma must be measured with the weights."""
