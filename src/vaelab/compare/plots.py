@@ -87,34 +87,50 @@ def _ring_collapsed(ax: Any, records: Sequence[dict[str, Any]], x: Any, y: Any) 
         ax.scatter(*zip(*points), s=160, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5, label=COLLAPSE_LABEL)
 
 
+def comparable_groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by comparable group (data set and data model), the largest group first:
+    each group gets panels of its own, since numbers of different data share no axis."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(record.get("comparable") or "", []).append(record)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
 def plot_rate_distortion(records: Sequence[dict[str, Any]], path: str | Path | None = None) -> Any:
     """Rate (test KL) against distortion (-test recon), one line per decoder across beta,
-    each point labelled with its beta. Returns the Figure (None when no done job has
-    both numbers); saved to ``path`` when given."""
+    each point labelled with its beta; one panel per comparable group. Returns the
+    Figure (None when no done job has both numbers); saved to ``path`` when given."""
     done = [r for r in _done(records) if r.get("test/kl") is not None and r.get("test/recon") is not None]
     if not done:
         return None
-    groups = line_groups(done, "test/kl")
-    xs, ys = [r["test/kl"] for r in done], [-r["test/recon"] for r in done]
-    span = (max(xs) - min(xs) or 1.0, max(ys) - min(ys) or 1.0)
-    fig = _figure(8, 5.5 + 0.18 * math.ceil(len(groups) / 2))
-    ax = fig.add_subplot()
-    for index, (label, members) in enumerate(groups.items()):
-        x = [r["test/kl"] for r in members]
-        y = [-r["test/recon"] for r in members]
-        line = _line(ax, x, y, members, "test/kl", "test/recon", marker=_MARKERS[index % len(_MARKERS)], label=label)
-        for i, (betas, xi, yi) in enumerate(_merge_close(members, x, y, span)):
-            ax.annotate(
-                "β=" + ", ".join(f"{b:g}" for b in betas), (xi, yi), textcoords="offset points",
-                xytext=(5, 5 if i % 2 == 0 else -11), fontsize=8, color=line.get_color(),
-            )
-    _ring_collapsed(ax, done, lambda r: r["test/kl"], lambda r: -r["test/recon"])
-    ax.set_xlabel("rate: KL(q(z|x) ‖ p(z))  [nats per image]")
-    ax.set_ylabel("distortion: −E_q[log p(x|z)]  [nats per image]")
-    ax.set_title(f"Rate–distortion on the test set ({_count(done)}; points labelled with training β)")
-    ax.grid(True, alpha=0.3)
-    ax.margins(x=0.08, y=0.08)
-    fig.legend(loc="outside lower center", ncols=min(2, len(groups)), title="decoder", fontsize=8, title_fontsize=9)
+    panels = comparable_groups(done)
+    lines = {label for members in panels.values() for label in line_groups(members, "test/kl")}
+    fig = _figure(8 * len(panels) if len(panels) > 1 else 8, 5.5 + 0.18 * math.ceil(len(lines) / 2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(lines))}
+    for ax, (group, members_of_group) in zip(axes, panels.items()):
+        xs, ys = [r["test/kl"] for r in members_of_group], [-r["test/recon"] for r in members_of_group]
+        span = (max(xs) - min(xs) or 1.0, max(ys) - min(ys) or 1.0)
+        for index, (label, members) in enumerate(line_groups(members_of_group, "test/kl").items()):
+            x = [r["test/kl"] for r in members]
+            y = [-r["test/recon"] for r in members]
+            style = {"marker": _MARKERS[sorted(lines).index(label) % len(_MARKERS)], "color": colours[label], "label": label}
+            line = _line(ax, x, y, members, "test/kl", "test/recon", **style)
+            for i, (betas, xi, yi) in enumerate(_merge_close(members, x, y, span)):
+                ax.annotate(
+                    "β=" + ", ".join(f"{b:g}" for b in betas), (xi, yi), textcoords="offset points",
+                    xytext=(5, 5 if i % 2 == 0 else -11), fontsize=8, color=line.get_color(),
+                )
+        _ring_collapsed(ax, members_of_group, lambda r: r["test/kl"], lambda r: -r["test/recon"])
+        ax.set_xlabel("rate: KL(q(z|x) ‖ p(z))  [nats per image]")
+        ax.set_ylabel("distortion: −E_q[log p(x|z)]  [nats per image]")
+        ax.set_title(f"{group}: {_count(members_of_group)}" if len(panels) > 1 else f"{_count(done)}; points labelled with training β", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.08, y=0.08)
+    fig.suptitle("Rate–distortion on the test set" + ("; points labelled with training β" if len(panels) > 1 else ""))
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), title="decoder",
+               fontsize=8, title_fontsize=9)
     _save(fig, path)
     return fig
 
@@ -155,34 +171,36 @@ def _beta_axis(ax: Any, betas: Sequence[float]) -> None:
 
 def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | None = None) -> Any:
     """Two panels against beta (log axis): test ELBO, and test NLL (importance-weighted;
-    -ELBO where no NLL was logged). One line per decoder. Returns the Figure, or None
-    when no done job has a test ELBO."""
+    -ELBO where no NLL was logged); a row of them per comparable group. One line per
+    decoder. Returns the Figure, or None when no done job has a test ELBO."""
     done = [r for r in _done(records) if r.get("test/elbo") is not None]
     if not done:
         return None
-    groups = {key: line_groups(done, key) for key in ("test/elbo", "nll")}
-    n_labels = len(set(groups["test/elbo"]) | set(groups["nll"]))
-    fig = _figure(12, 5 + 0.18 * math.ceil(n_labels / 3))
-    left, right = fig.subplots(1, 2)
-    markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(sorted(set(groups["test/elbo"]) | set(groups["nll"])))}
-    colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(markers))}
-    for ax, key, ylabel, title in (
-        (left, "test/elbo", "test ELBO  [nats per image]  (higher is better)", "ELBO (β = 1 bound) against training β"),
-        (right, "nll", "test NLL  [nats per image]  (lower is better)", "Importance-weighted NLL against training β"),
-    ):
-        for label, members in groups[key].items():
-            _line(
-                ax, [r["beta"] for r in members], [r[key] for r in members], members, None, key,
-                marker=markers[label], color=colours[label], label=label,
-            )
-        _ring_collapsed(ax, done, lambda r: r["beta"], lambda r, key=key: r.get(key))
-        _beta_axis(ax, [r["beta"] for r in done if r.get("beta") is not None])
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-    if any(r.get("nll_source") == "-test/elbo" for r in done):
-        right.set_title("NLL against training β (−ELBO where no IW estimate)")
-    handles = {label: h for ax in (left, right) for h, label in zip(*ax.get_legend_handles_labels())}
+    panels = comparable_groups(done)
+    labels = sorted({label for members in panels.values() for key in ("test/elbo", "nll") for label in line_groups(members, key)})
+    fig = _figure(12, 4.6 * len(panels) + 0.6 + 0.18 * math.ceil(len(labels) / 3))
+    rows = fig.subplots(len(panels), 2, squeeze=False)
+    markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(labels)}
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    for (left, right), (group, members_of_group) in zip(rows, panels.items()):
+        prefix = f"{group}: " if len(panels) > 1 else ""
+        for ax, key, ylabel, title in (
+            (left, "test/elbo", "test ELBO  [nats per image]  (higher is better)", "ELBO (β = 1 bound) against training β"),
+            (right, "nll", "test NLL  [nats per image]  (lower is better)", "Importance-weighted NLL against training β"),
+        ):
+            for label, members in line_groups(members_of_group, key).items():
+                _line(
+                    ax, [r["beta"] for r in members], [r[key] for r in members], members, None, key,
+                    marker=markers[label], color=colours[label], label=label,
+                )
+            _ring_collapsed(ax, members_of_group, lambda r: r["beta"], lambda r, key=key: r.get(key))
+            _beta_axis(ax, [r["beta"] for r in members_of_group if r.get("beta") is not None])
+            ax.set_ylabel(ylabel)
+            ax.set_title(prefix + title, fontsize=10)
+            ax.grid(True, alpha=0.3)
+        if any(r.get("nll_source") == "-test/elbo" for r in members_of_group):
+            right.set_title(prefix + "NLL against training β (−ELBO where no IW estimate)", fontsize=10)
+    handles = {label: h for ax in rows.flat for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(
         list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)),
         title="decoder", fontsize=8, title_fontsize=9,
