@@ -98,14 +98,12 @@ def _measure_optimal_mse(model: ReferenceVAE, images: Tensor, levels: int, batch
 def _evaluate(model: ReferenceVAE, images: Tensor, levels: int, batch_size: int) -> dict[str, Any]:
     model.eval()
     recon = kl = 0.0
-    kl_dims: Tensor | float = 0.0
     means: list[Tensor] = []
     for batch in _batches(images, batch_size):
         x = model.likelihood.prepare(batch, levels)
         log_px, kl_per_dim, _, mu = model.terms(x)
         recon += float(log_px.sum())
         kl += float(kl_per_dim.sum())
-        kl_dims = kl_dims + kl_per_dim.sum(dim=0)
         means.append(mu)
     n = images.shape[0]
     variance = torch.cat(means).var(dim=0, unbiased=False)

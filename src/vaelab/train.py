@@ -154,7 +154,6 @@ def describe_run(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]
     density or mass of (runs compare by NLL and bits/dim only within one data set and
     data model), the sigma mode, beta and seed."""
     likelihood = model.likelihood
-    choices = {}
     try:
         from hydra.core.hydra_config import HydraConfig
 
