@@ -17,41 +17,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
-from vaelab.data.arrays import DatasetFormatError, DatasetNotFoundError
-from vaelab.data.download import ChecksumError
-from vaelab.schema import ConfigError
-from vaelab.sweeps import record_command, value_for_failed_job, write_failure
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged: the loss became NaN or infinite."""
-
-    def __init__(self, value: float, step: int, epoch: int, checkpoint: str | None):
-        kept = f"the last good checkpoint, {checkpoint}, is kept as it was" if checkpoint else "no checkpoint had been saved yet"
-        super().__init__(
-            f"training stopped: the loss became {value} at step {step} (epoch {epoch}); {kept}. "
-            "Lower model.optimizer.lr, raise likelihood.log_sigma_min or set trainer.gradient_clip_val."
-        )
-        self.step, self.epoch, self.checkpoint = step, epoch, checkpoint
-
-
-#: exceptions whose message tells the user what to change
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    NonFiniteLossError,
-    ConfigError,
-    DatasetNotFoundError,
-    DatasetFormatError,
-    ChecksumError,
-    FileNotFoundError,
-    ValueError,
-    HydraException,
-    OmegaConfBaseException,
+from vaelab.exceptions import JobBusyError, NonFiniteLossError, UserError  # noqa: F401 - NonFiniteLossError re-exported
+from vaelab.sweeps import (
+    JobFolderLock,
+    record_command,
+    value_for_failed_job,
+    write_failure,
 )
+
+#: exceptions whose message tells the user what to change: vaelab's own typed errors,
+#: and Hydra's and OmegaConf's (an unknown choice, a value of the wrong type, a key
+#: that is not in the config). Anything else, a ValueError from a bug included, is
+#: reported with its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, HydraException, OmegaConfBaseException)
 
 # Lines of Hydra's and OmegaConf's messages that locate rather than explain.
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "Set the environment variable")
@@ -64,6 +48,10 @@ def one_line(error: BaseException) -> str | None:
     """A one-line message for a user-fixable error (Hydra's wrappers unwrapped), else None."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        # a config file that is not valid YAML (Hydra raises the parser's error as it is)
+        mark = error.problem_mark
+        return f"{mark.name}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
     if not isinstance(error, USER_ERRORS):
         return None
     parts = [str(error)]
@@ -83,7 +71,7 @@ def remove_unstarted_run_dir(run_dir: Path) -> None:
     def start_up_only(path: Path) -> bool:
         if path.is_dir():
             return path.name == ".hydra" or not any(path.iterdir())
-        return path.suffix == ".log"
+        return path.suffix == ".log" or path.name == JobFolderLock.NAME
 
     if all(start_up_only(p) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
@@ -108,6 +96,9 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return task(*args, **kwargs)
         except Exception as error:
+            if _in_multirun() and isinstance(error, JobBusyError):  # not this process's job: no FAILED
+                print(f"error: {error}", file=sys.stderr, flush=True)
+                return value_for_failed_job()
             if _in_multirun():  # the launcher records the failure; the folder says why
                 failure = write_failure(Path(HydraConfig.get().runtime.output_dir), error)
                 worst = value_for_failed_job()

@@ -18,6 +18,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.exceptions import ConfigError
+
 
 class SigmaMode(str, Enum):
     fixed = "fixed"
@@ -104,10 +106,6 @@ def register() -> None:
 # precision with the likelihood and KL kept in float32. Lightning runs 16-mixed as
 # bf16-mixed on a CPU. 16-bit weights ("-true") and float64 are not supported.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16", "16")
-
-
-class ConfigError(ValueError):
-    """A config value outside its allowed range; the message is one line for the user."""
 
 
 # (key, test, what is allowed): checked in order, the first failure is reported

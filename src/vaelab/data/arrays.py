@@ -8,35 +8,11 @@ that one representation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-DOWNLOAD_HINT = "set data.download=true to fetch them, or put the files there"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not where the source was told to look.
-
-    The message lists what was expected where and how to get it, because the
-    person reading it is usually running a fresh checkout with no data yet.
-    """
-
-    @classmethod
-    def missing_files(cls, dataset: str, root: Path, paths: Iterable[str | Path]) -> DatasetNotFoundError:
-        listed = "\n".join(f"  {p}" for p in paths)
-        return cls(f"{dataset} not found in {root}; missing:\n{listed}\n{DOWNLOAD_HINT}.")
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file exists but is corrupt, truncated or not in the expected format."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+from vaelab.exceptions import DOWNLOAD_HINT, DatasetFormatError, DatasetNotFoundError  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from vaelab.exceptions import ConfigError
+
 BINARIZE_MODES = (None, "none", "dynamic", "static", "threshold")
 _CHUNK = 4096  # images per random draw: bounds the float32 temporary
 
@@ -23,7 +25,7 @@ def check_mode(mode: str | None) -> str | None:
     """``mode`` if allowed (with "none" read as None), else ValueError listing the allowed values."""
     mode = getattr(mode, "value", mode)  # configs pass enum members
     if mode not in BINARIZE_MODES:
-        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {mode!r}")
+        raise ConfigError(f"binarize must be one of {BINARIZE_MODES}, got {mode!r}")
     return None if mode == "none" else mode
 
 

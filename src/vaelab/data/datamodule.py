@@ -9,6 +9,8 @@ from typing import Protocol
 import lightning.pytorch as pl
 import torch
 
+from vaelab.exceptions import ConfigError
+
 from .arrays import ImageArrays
 from .batches import TensorBatches
 from .binarize import bernoulli, check_mode, threshold
@@ -32,7 +34,7 @@ def complete_source(source: Source | Callable[..., Source], root: str | None, do
     if hasattr(source, "load"):
         return source  # type: ignore[return-value]
     if root is None and _requires(source, "root"):
-        raise ValueError("data.root must be set: the folder that holds this data set's files (data.root=/path/to/folder)")
+        raise ConfigError("data.root must be set: the folder that holds this data set's files (data.root=/path/to/folder)")
     kwargs: dict[str, object] = {} if root is None else {"root": str(root)}
     if download:  # only sources that can download take the flag
         kwargs["download"] = True
@@ -93,9 +95,9 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+            raise ConfigError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.source = complete_source(source, root, download)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -169,7 +171,7 @@ class ImageDataModule(pl.LightningDataModule):
         """``batch_size / world_size`` (the trainer's world size by default)."""
         world_size = world_size or self._rank()[1]
         if self.batch_size % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={self.batch_size} is the global batch and must divide evenly among the "
                 f"{world_size} DDP processes; use a multiple of {world_size}"
             )

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from vaelab.exceptions import ConfigError
 from vaelab.model import maths
 
 SIGMA_MODES = ("fixed", "learned_shared", "learned_pixel", "predicted", "optimal")
@@ -26,7 +27,7 @@ def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
     """``value`` as a plain string (configs pass enum members), if it is allowed."""
     value = getattr(value, "value", value)
     if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
     return str(value)
 
 
@@ -154,9 +155,9 @@ class GaussianLikelihood(Likelihood):
         sigma = _check_choice("likelihood.sigma", sigma, SIGMA_MODES)
         optimal_shape = _check_choice("likelihood.optimal_shape", optimal_shape, OPTIMAL_SHAPES)
         if sigma_value <= 0 or sigma_init <= 0:
-            raise ValueError("likelihood.sigma_value and likelihood.sigma_init must be > 0")
+            raise ConfigError("likelihood.sigma_value and likelihood.sigma_init must be > 0")
         if log_sigma_min >= log_sigma_max:
-            raise ValueError("likelihood.log_sigma_min must be below likelihood.log_sigma_max")
+            raise ConfigError("likelihood.log_sigma_min must be below likelihood.log_sigma_max")
         self.sigma_mode = sigma
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from vaelab.exceptions import ConfigError
+
 
 def activation_layer(name: str) -> nn.Module:
     """An activation by its torch.nn class name (``ReLU``, ``Tanh``, ``ELU``, ``GELU``, ...)."""
     cls = getattr(nn, name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"model activation={name!r} is not a torch.nn activation (e.g. ReLU, Tanh, ELU, GELU, SiLU)")
+        raise ConfigError(f"model activation={name!r} is not a torch.nn activation (e.g. ReLU, Tanh, ELU, GELU, SiLU)")
     return cls()
 
 
@@ -59,7 +61,7 @@ def conv_feature_shape(image_shape: Sequence[int], channels: Sequence[int]) -> t
     _, height, width = image_shape
     factor = 2 ** len(channels)
     if height % factor or width % factor:
-        raise ValueError(
+        raise ConfigError(
             f"model=conv with {len(channels)} stride-2 layers needs image height and width divisible by {factor}; "
             f"the data's images are {height}x{width}. Use fewer model.encoder.channels or resize the data."
         )

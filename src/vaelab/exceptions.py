@@ -1,0 +1,81 @@
+"""The errors vaelab raises on purpose, for a person to act on.
+
+Every one of them derives from :class:`UserError`: the command line reports it as
+one line (``error: <message>``, exit code 2), because its message already says what
+to change. Anything else that escapes is a bug and keeps its traceback. This module
+imports nothing heavy, so the model and data code can raise these without pulling
+in Hydra or the command-line reporting (:mod:`vaelab.errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+DOWNLOAD_HINT = "set data.download=true to fetch them, or put the files there"
+
+
+class UserError(Exception):
+    """An error whose message tells the user what to change (reported in one line)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value outside its allowed range, or values that do not fit together."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """Training diverged: the loss became NaN or infinite."""
+
+    def __init__(self, value: float, step: int, epoch: int, checkpoint: str | None):
+        kept = f"the last good checkpoint, {checkpoint}, is kept as it was" if checkpoint else "no checkpoint had been saved yet"
+        super().__init__(
+            f"training stopped: the loss became {value} at step {step} (epoch {epoch}); {kept}. "
+            "Lower model.optimizer.lr, raise likelihood.log_sigma_min or set trainer.gradient_clip_val."
+        )
+        self.step, self.epoch, self.checkpoint = step, epoch, checkpoint
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """The dataset's files are not where the source was told to look.
+
+    The message lists what was expected where and how to get it, because the
+    person reading it is usually running a fresh checkout with no data yet.
+    """
+
+    @classmethod
+    def missing_files(cls, dataset: str, root: Path, paths: Iterable[str | Path]) -> DatasetNotFoundError:
+        listed = "\n".join(f"  {p}" for p in paths)
+        return cls(f"{dataset} not found in {root}; missing:\n{listed}\n{DOWNLOAD_HINT}.")
+
+
+class BadFileError(UserError, ValueError):
+    """A file the user handed over exists but is not what it should be: empty,
+    truncated, of another format, or written by another program."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class DatasetFormatError(BadFileError):
+    """A dataset file exists but is corrupt, truncated or not in the expected format."""
+
+
+class CheckpointError(BadFileError):
+    """A checkpoint file is missing, unreadable, or not a vaelab-train checkpoint of this model."""
+
+
+class ChecksumError(UserError, ValueError):
+    """A downloaded file's checksum differs from the expected one."""
+
+    def __init__(self, url: str, algorithm: str, expected: str, actual: str) -> None:
+        self.url = url
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{algorithm} mismatch for {url}: expected {expected}, got {actual}")
+
+
+class JobBusyError(UserError):
+    """Another process is training this job of a sweep into the same folder."""
