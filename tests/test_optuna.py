@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import read_metrics
 
+from vaelab.exceptions import ConfigError
 from vaelab.train import metric_for_sweeper
 
 QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
@@ -18,7 +19,7 @@ def test_the_sweeper_metric_can_be_negated_and_must_exist():
     assert metric_for_sweeper(metrics, "-val/elbo") == 90.5
     assert metric_for_sweeper(metrics, "test/nll_iw") == 88.0
     assert metric_for_sweeper(metrics, None) is None
-    with pytest.raises(KeyError, match="val/nll was not logged"):
+    with pytest.raises(ConfigError, match="optimized_metric=-val/nll was not logged"):
         metric_for_sweeper(metrics, "-val/nll")
 
 

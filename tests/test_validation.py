@@ -73,12 +73,24 @@ MALFORMED = [
     (["data=mnist", "data.root={tmp}/corrupt"], "t10k-labels-idx1-ubyte"),
     (["data=image_folder", "data.root={tmp}/not_images"], "broken.png"),
     (["ckpt_path={tmp}/missing.ckpt"], "missing.ckpt"),
+    (["ckpt_path={tmp}/truncated.ckpt"], "truncated.ckpt: ckpt_path: truncated or damaged"),
+    (["ckpt_path={tmp}/lightning.ckpt"], "a Lightning checkpoint, but not one written by vaelab-train"),
+    (["--config-dir", "{tmp}/conf", "experiment=broken"], "broken.yaml: not valid YAML at line 3, column 1"),
+]
+
+#: checkpoints handed to vaelab-eval (both commands read them with vaelab.checkpoints.read_checkpoint)
+MALFORMED_FOR_EVAL = [
+    (["ckpt_path={tmp}/missing.ckpt"], "missing.ckpt: ckpt_path: no such file"),
+    (["ckpt_path={tmp}/empty.ckpt"], "empty.ckpt: ckpt_path: the file is empty"),
+    (["ckpt_path={tmp}/text.ckpt"], "text.ckpt: ckpt_path: not a PyTorch checkpoint"),
+    (["ckpt_path={tmp}/tensors.ckpt"], "tensors.ckpt: ckpt_path: a PyTorch file, but not a Lightning checkpoint"),
+    (["ckpt_path={tmp}/checkpoints"], "checkpoints: ckpt_path: a folder, not a checkpoint file"),
 ]
 
 
-@pytest.mark.slow
-def test_malformed_commands_exit_nonzero_with_one_line_and_leave_nothing(tmp_path):
-    from conftest import run_cli
+def write_files_that_are_not_what_they_claim(tmp_path):
+    """Checkpoints, data and a config that a user might hand over by mistake."""
+    import torch
     from test_data import write_mnist
 
     write_mnist(tmp_path / "corrupt", n_train=8, n_test=4)
@@ -86,21 +98,62 @@ def test_malformed_commands_exit_nonzero_with_one_line_and_leave_nothing(tmp_pat
     labels.write_bytes(labels.read_bytes()[:-7])  # truncated download
     (tmp_path / "not_images").mkdir()
     (tmp_path / "not_images" / "broken.png").write_text("not a png")
-    assert len(MALFORMED) >= 20
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "text.ckpt").write_text("epoch 3, val -24.0\n")
+    torch.save({"weights": torch.randn(64, 64)}, tmp_path / "tensors.ckpt")
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, tmp_path / "lightning.ckpt")
+    whole = (tmp_path / "tensors.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "broken.yaml").write_text("model:\n  beta: [1,\n")
+
+
+def one_line_failures(command, cases, tmp_path):
+    from conftest import run_cli
+
     failures = []
-    for overrides, fragment in MALFORMED:
+    for overrides, fragment in cases:
         args = [o.format(tmp=tmp_path) for o in overrides]
-        proc = run_cli("vaelab-train", *args, "trainer.enable_progress_bar=false", cwd=tmp_path, check=False)
+        proc = run_cli(command, *args, "hydra.run.dir={}/runs/x".format(tmp_path), cwd=tmp_path, check=False)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         ok = (
-            proc.returncode != 0
+            proc.returncode == 2
             and lines
             and lines[-1].startswith("error: ")
             and fragment in lines[-1]
             and "Traceback" not in proc.stderr
         )
         if not ok:
-            failures.append(f"{args}: exit {proc.returncode}\n{proc.stderr[-1500:]}")
+            failures.append(f"{command} {args}: exit {proc.returncode}\n{proc.stderr[-1500:]}")
+    return failures
+
+
+@pytest.mark.slow
+def test_malformed_commands_exit_nonzero_with_one_line_and_leave_nothing(tmp_path):
+    write_files_that_are_not_what_they_claim(tmp_path)
+    assert len(MALFORMED) >= 28
+    failures = one_line_failures("vaelab-train", [(o + ["trainer.enable_progress_bar=false"], f) for o, f in MALFORMED], tmp_path)
+    failures += one_line_failures("vaelab-eval", MALFORMED_FOR_EVAL, tmp_path)
     assert not failures, "\n\n".join(failures)
-    leftovers = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()] if (tmp_path / "logs").exists() else []
+    leftovers = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] if (tmp_path / "runs").exists() else []
     assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """Only vaelab's typed errors are one-liners: a ValueError from a bug is not the user's."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vaelab.train as train\n"
+        "def build_model(*args, **kwargs):\n"
+        "    raise ValueError('an internal invariant broke')\n"
+        "train.build_model = build_model\n"
+        "sys.argv = ['vaelab-train', 'debug=fast', 'trainer.enable_progress_bar=false']\n"
+        "train.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode not in (0, 2)
+    assert "Traceback" in proc.stderr and "ValueError: an internal invariant broke" in proc.stderr

@@ -10,39 +10,66 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.checkpoints import check_weights_fit, read_checkpoint
 from vaelab.config import config_dir
 from vaelab.errors import report_user_errors, run_cli
+from vaelab.exceptions import ConfigError
 from vaelab.train import build_model, scalar_metrics
 
 log = logging.getLogger("vaelab.evaluate")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such checkpoint file")
-    # Our own checkpoints hold plain containers and tensors only.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "vaelab_config" not in checkpoint:
-        raise ValueError(f"ckpt_path={str(path)!r} was not written by vaelab-train (it holds no vaelab_config)")
-    return checkpoint
+def data_overrides_of_stored_config(args: list[str]) -> list[str]:
+    """``data.<key>=<value>`` sets a key of the data config stored in the checkpoint,
+    which this command's own config cannot list in advance (the keys depend on the data
+    set), so Hydra gets it as ``++data.<key>=<value>`` (set or add); :func:`evaluate`
+    then refuses keys that the stored config does not have."""
+    return [f"++{arg}" if arg.startswith("data.") and "=" in arg else arg for arg in args]
+
+
+def stored_data_config(checkpoint: dict[str, Any], overrides: DictConfig | None, ckpt_path: str) -> DictConfig:
+    """The data config the checkpoint was trained with, with this command's ``data.*``
+    overrides applied (every key must be one the stored config has)."""
+    stored = OmegaConf.create(checkpoint["vaelab_config"]["data"])
+    overrides = overrides or OmegaConf.create({})
+    for key in _leaf_keys(overrides):
+        if OmegaConf.select(stored, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(
+                f"data.{key} is not a key of the data config stored in {ckpt_path}; its keys are "
+                + ", ".join(f"data.{k}" for k in _leaf_keys(stored))
+            )
+    return OmegaConf.merge(stored, overrides)
+
+
+_ABSENT = object()
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        if isinstance(value, DictConfig):
+            keys += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["vaelab_config"])
-    run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
+    run_cfg.data = stored_data_config(checkpoint, cfg.get("data"), cfg.ckpt_path)
     run_cfg.data.eval_batch_size = cfg.batch_size
 
     datamodule = instantiate(run_cfg.data)
@@ -52,6 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         test_iw_samples=cfg.iw_samples,
         iw_chunk_elements=cfg.iw_chunk_elements,
     )
+    check_weights_fit(checkpoint, model, cfg.ckpt_path)
     model.load_state_dict(checkpoint["state_dict"])
 
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False)
@@ -59,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split == "test":
         trainer.test(model, datamodule=datamodule, verbose=False)
     else:
-        raise ValueError(f"split={cfg.split!r} is not supported; choose test")
+        raise ConfigError(f"split={cfg.split!r} is not supported; choose test")
     seconds = time.perf_counter() - started
 
     result = {
@@ -90,6 +118,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (vaelab-eval)."""
+    sys.argv[1:] = data_overrides_of_stored_config(sys.argv[1:])
     run_cli(hydra_main)
 
 

@@ -225,3 +225,43 @@ class DeviceSlot:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class JobFolderLock:
+    """One process at a time trains a job folder: an exclusive file lock on
+    ``<job folder>/.lock``, held for as long as the job runs and released by the OS
+    if the process dies. A second process (the same sweep started twice, or SLURM
+    requeueing a job whose first run still goes on) gets :class:`JobBusyError`
+    instead of training the job again into the same files."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / self.NAME
+        self._handle: Any = None
+
+    def __enter__(self) -> None:
+        from vaelab.exceptions import JobBusyError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise JobBusyError(
+                f"{self.path.parent} is being trained by another process ({holder}); this one leaves it alone"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        self._handle = handle
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None

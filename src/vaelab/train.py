@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab import ddp, sweeps
+from vaelab.checkpoints import (
+    check_training_left,
+    check_weights_fit,
+    read_checkpoint,
+    validate_where_training_stopped,
+)
 from vaelab.config import config_dir, instantiate_dict
-from vaelab.errors import report_user_errors, run_cli
+from vaelab.errors import remove_unstarted_run_dir, report_user_errors, run_cli
 from vaelab.model.collapse import is_collapsed
 from vaelab.schema import ConfigError, validate
 
@@ -77,11 +83,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one model; returns the final metrics (val and test).
 
     Inside a sweep, a job that already finished returns its recorded metrics and an
-    interrupted one continues from its last checkpoint (see :mod:`vaelab.sweeps`).
+    interrupted one continues from its last checkpoint (see :mod:`vaelab.sweeps`);
+    a job folder is trained by one process at a time.
     """
     validate(cfg)
+    check_sweeper_metric(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    holds_job_folder = sweeps.in_multirun() and not ddp.is_extra_rank() and rank_zero_only.rank == 0
+    with sweeps.JobFolderLock(output_dir) if holds_job_folder else nullcontext():
+        return train_in_folder(cfg, output_dir)
+
+
+def train_in_folder(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     ckpt_path = cfg.get("ckpt_path")
+    resuming_interrupted_job = False
     if ddp.is_extra_rank():
         pass  # a DDP rank > 0 of a job that rank zero has checked and set up
     elif sweeps.in_multirun():
@@ -90,13 +105,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             print(f"Job already finished, reusing its result: {output_dir / 'metrics.json'}", flush=True)
             return finished["metrics"]
         (output_dir / "FAILED").unlink(missing_ok=True)  # an earlier try's; this one may succeed
-        ckpt_path = ckpt_path or sweeps.interrupted_checkpoint(output_dir)
+        if not ckpt_path:
+            ckpt_path = sweeps.interrupted_checkpoint(output_dir)
+            resuming_interrupted_job = ckpt_path is not None
         if ckpt_path:
             print(f"Job was interrupted, continuing from {ckpt_path}", flush=True)
     else:
         refuse_to_overwrite(output_dir)
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
     if cfg.get("seed") is not None:
         # one stream per DDP rank (weights are broadcast from rank zero; the data order
         # has generators of its own), so that ranks do not draw the same noise
@@ -109,6 +125,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule = instantiate(cfg.data)
         load_data_now(datamodule)
         model = build_model(cfg, datamodule)
+        if checkpoint is not None:
+            check_weights_fit(checkpoint, model, ckpt_path)
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         # set after construction: passed through instantiate, its _target_ keys would be built
         model.run_config = resolved
@@ -117,6 +135,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loggers = instantiate_dict(cfg.get("logger"))
         trainer_overrides = {"devices": devices} if devices is not None and trains_on_gpu(cfg) else {}
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
+        if checkpoint is not None and not resuming_interrupted_job:
+            check_training_left(checkpoint, trainer, ckpt_path)
+        del checkpoint  # Lightning reads the file again when it resumes
         if hasattr(datamodule, "per_process_batch_size"):
             datamodule.per_process_batch_size(trainer.world_size)  # fails now, not at the first epoch
         # what any extra DDP ranks of this job train with: this job's config, exactly
@@ -132,6 +153,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finally:
             finish_experiment_trackers(trainer, None if failed else metrics)
 
+    if trainer.fast_dev_run:
+        report_fast_dev_run(metrics, output_dir)
+        return metrics
     extra = {
         "threads": threads,
         "parallel_jobs": n_jobs,
@@ -146,6 +170,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_summary(cfg, trainer, metrics, output_dir, extra)
     warn_if_collapsed(metrics, model.latent_dim)
     return metrics
+
+
+@rank_zero_only
+def report_fast_dev_run(metrics: dict[str, Any], output_dir: Path) -> None:
+    """debug=fast checks that a config runs and leaves no files: its numbers (of one
+    batch) are printed, and the run folder, which holds only start-up files, goes."""
+    shown = {k: v for k, v in metrics.items() if k in ("val/elbo", "test/elbo", "test/nll_iw")}
+    print("debug=fast ran one batch of each stage; nothing was saved. "
+          + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
+    if not sweeps.in_multirun():
+        remove_unstarted_run_dir(output_dir)
 
 
 def describe_run(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
@@ -186,10 +221,11 @@ def warn_if_collapsed(metrics: dict[str, Any], latent_dim: int) -> None:
 
 def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: Any) -> dict:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    validate_where_training_stopped(trainer, model, datamodule)
     metrics = scalar_metrics(trainer.callback_metrics)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
+        if not best and not trainer.fast_dev_run:
             log.warning("No best checkpoint was saved; testing the weights at the end of training.")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(scalar_metrics(trainer.callback_metrics))
@@ -296,13 +332,34 @@ def write_summary(
     print("\n".join(lines), flush=True)
 
 
+def sweeper_optimises() -> bool:
+    """Whether this job's value steers a sweeper (Optuna), rather than being ignored (a grid)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not sweeps.in_multirun():
+        return False
+    return "basic" not in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+
+
+def check_sweeper_metric(cfg: DictConfig) -> None:
+    """An optimising sweeper needs ``optimized_metric`` from every trial: a val/ metric
+    with validation switched off can never be there, so say so before training."""
+    name = str(cfg.get("optimized_metric") or "").lstrip("-")
+    no_validation = cfg.trainer.get("limit_val_batches") in (0, 0.0)
+    if sweeper_optimises() and name.startswith("val/") and no_validation:
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} needs validation, but trainer.limit_val_batches=0 switches it "
+            "off; let validation run or optimise a test/ metric"
+        )
+
+
 def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | None:
     """The value of ``optimized_metric`` (``-name``: the metric negated)."""
     if not name:
         return None
     sign, key = (-1.0, name[1:]) if name.startswith("-") else (1.0, name)
     if key not in metrics:
-        raise KeyError(f"optimized_metric={name!r}: {key} was not logged; logged metrics: {', '.join(sorted(metrics))}")
+        raise ConfigError(f"optimized_metric={name} was not logged by this trial; it logged {', '.join(sorted(metrics))}")
     return sign * float(metrics[key])
 
 
@@ -310,7 +367,8 @@ def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | Non
 @report_user_errors
 def hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
+    # a single run or a grid sweep ignores the value: no job fails over a missing one
+    return metric_for_sweeper(metrics, cfg.get("optimized_metric")) if sweeper_optimises() else None
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
-from vaelab.errors import NonFiniteLossError
+from vaelab.exceptions import NonFiniteLossError
 from vaelab.model import maths
 from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
@@ -145,6 +145,7 @@ class VAE(pl.LightningModule):
         #: the test set's KL per latent dimension and variance of the posterior mean, as
         #: lists (filled by the test; written to metrics.json and images/latents.png)
         self.latent_report: dict[str, list[float]] | None = None
+        self.validated_at_step: int | None = None  # global step of the last validation during fit
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Lightning records the running hook in ``_current_fx_name`` before and after
@@ -363,6 +364,9 @@ class VAE(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log_latent_usage("val")
+        if not self.trainer.sanity_checking:
+            # which weights the latest val/ numbers are of (see vaelab.checkpoints)
+            self.validated_at_step = self.global_step
 
     def on_test_epoch_end(self) -> None:
         usage = self.log_latent_usage("test")
@@ -453,10 +457,9 @@ class VAE(pl.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------
     def last_checkpoint(self) -> str | None:
-        callback = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
-        if callback is None:
-            return None
-        return getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "") or None
+        from vaelab.checkpoints import last_state_path
+
+        return last_state_path(self.trainer) if self._trainer is not None else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:

@@ -1,0 +1,138 @@
+"""Every way a run ends leaves the right files: runs shorter than an epoch, the last
+and the best checkpoint across a resume, nothing left to train, debug=fast, moved
+data at evaluation, two processes on one sweep. Each through the command line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_metrics, run_cli, run_folders, script
+
+pytestmark = pytest.mark.slow
+
+QUIET = ["trainer.enable_progress_bar=false"]
+
+
+def val_elbos(run_dir: Path) -> list[float]:
+    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+    return [float(r["val/elbo"]) for r in rows if r.get("val/elbo")]
+
+
+def test_a_sweep_of_runs_shorter_than_an_epoch_validates_and_tests_where_they_stop(train, tmp_path):
+    # digits: 12 training batches an epoch; 5 steps stop inside the first epoch
+    proc = train("-m", "++trainer.max_steps=5", "trainer.max_epochs=1", "model.beta=0.5,1", *QUIET)
+    assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
+    jobs = run_folders(tmp_path)
+    assert len(jobs) == 2
+    for job in jobs:
+        assert not (job / "FAILED").exists()
+        summary = read_metrics(job)
+        assert summary["global_step"] == 5
+        assert "val/elbo" in summary["metrics"] and "test/elbo" in summary["metrics"]
+        best = Path(summary["best_checkpoint"])
+        assert best.name == "best_epoch000.ckpt" and best.is_file()
+        assert torch.load(best, weights_only=False)["global_step"] == 5
+        assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+        assert len(val_elbos(job)) == 1  # the validation where training stopped, logged once
+
+
+def test_a_ddp_run_shorter_than_an_epoch_validates_where_it_stops(train, tmp_path):
+    train("trainer=ddp_cpu", "trainer.devices=2", "++trainer.max_steps=4", "trainer.max_epochs=1", *QUIET)
+    (run,) = run_folders(tmp_path)
+    summary = read_metrics(run)
+    assert summary["world_size"] == 2 and summary["global_step"] == 4
+    assert summary["best_checkpoint"] and Path(summary["best_checkpoint"]).is_file()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+# a setting whose validation ELBO peaks before the last epoch on digits (seed 42):
+# epoch 12 is best of 15, so the last state and the best state differ
+PEAKING = ["likelihood=bernoulli", "likelihood.binarize=threshold", "model.optimizer.lr=0.01", *QUIET]
+
+
+def test_last_ckpt_is_the_final_state_and_a_resume_keeps_the_best_of_the_whole_history(train, tmp_path):
+    train(*PEAKING, "trainer.max_epochs=14", "hydra.run.dir=first")
+    first = tmp_path / "first"
+    last = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == read_metrics(first)["global_step"] == 14 * 11
+    assert last["epoch"] == 13
+
+    train(*PEAKING, "trainer.max_epochs=15", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", "hydra.run.dir=second")
+    second = tmp_path / "second"
+    summary = read_metrics(second)
+    assert summary["global_step"] == 15 * 11
+    history = val_elbos(first) + val_elbos(second)  # val/elbo of epochs 0..14
+    assert len(history) == 15
+    tested = Path(summary["best_checkpoint"])
+    assert tested.parent == second / "checkpoints" and tested.is_file()  # copied into the new folder
+    state = torch.load(tested, weights_only=False)
+    assert float(state["callbacks"][next(k for k in state["callbacks"] if "val/elbo" in k)]["best_model_score"]) == (
+        pytest.approx(max(history), abs=1e-4)
+    )
+    assert state["epoch"] == max(range(len(history)), key=history.__getitem__)
+
+
+def test_resuming_with_nothing_left_to_train_says_how_to_train_longer(train, tmp_path):
+    train("debug=short", "hydra.run.dir=done", *QUIET)
+    ckpt = tmp_path / "done" / "checkpoints" / "last.ckpt"
+    proc = train("debug=short", f"ckpt_path={ckpt}", "hydra.run.dir=again", *QUIET, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nothing is left to train" in last and "trainer.max_epochs=4" in last
+    assert not (tmp_path / "again").exists()
+    proc = train("model=conv", f"ckpt_path={ckpt}", "hydra.run.dir=other", *QUIET, check=False)
+    assert proc.returncode == 2 and "holds a different model than this config builds" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "other").exists()
+    train("debug=short", f"ckpt_path={ckpt}", "hydra.run.dir=longer", "trainer.max_epochs=3", *QUIET)
+    assert read_metrics(tmp_path / "longer")["global_step"] == 9
+
+
+def test_vaelab_eval_overrides_any_key_of_the_stored_data_config(train, tmp_path):
+    from test_data import write_mnist
+
+    write_mnist(tmp_path / "mnist", n_train=40, n_test=12)
+    train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", "debug=short", "hydra.run.dir=run", *QUIET)
+    (tmp_path / "mnist").rename(tmp_path / "moved")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval.json"
+    eval_args = [f"ckpt_path={ckpt}", "iw_samples=2", f"output_file={out}"]
+    run_cli("vaelab-eval", *eval_args, f"data.root={tmp_path / 'moved'}", "data.eval_batch_size=5", cwd=tmp_path)
+    assert out.is_file()
+    proc = run_cli("vaelab-eval", *eval_args, f"data.rot={tmp_path / 'moved'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "data.rot is not a key of the data config stored in" in proc.stderr and "data.root" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_fast_writes_no_files(train, tmp_path):
+    proc = train("debug=fast", *QUIET)
+    assert "nothing was saved" in proc.stdout
+    assert "No best checkpoint" not in proc.stdout + proc.stderr
+    written = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()] if (tmp_path / "logs").exists() else []
+    assert not written, written
+
+
+def test_two_processes_of_one_sweep_never_train_a_job_twice(tmp_path):
+    command = [script("vaelab-train"), "-m", "model.beta=0.5,1", "trainer.max_epochs=15", *QUIET]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "logs").rglob(".lock")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is being trained by another process" in second.stderr
+    jobs = run_folders(tmp_path)
+    assert len(jobs) == 2
+    for job in jobs:
+        assert not (job / "FAILED").exists()
+        # one training wrote this folder: one CSV log, one validation per epoch
+        assert len(val_elbos(job)) == 15
