@@ -4,15 +4,17 @@ downloads come from an HTTP server on 127.0.0.1 started by the test."""
 from __future__ import annotations
 
 import functools
-import http.client
-import urllib.error
 import gzip
 import hashlib
+import http.client
 import io
+import os
 import pickle
 import struct
 import tarfile
 import threading
+import time
+import urllib.error
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.error import HTTPError
@@ -37,6 +39,7 @@ from vaelab.data import (
     TensorBatches,
     download_file,
 )
+from vaelab.data.lock import DownloadWaitError, download_lock
 
 MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -706,3 +709,81 @@ def test_download_cut_off_mid_stream_leaves_nothing(tmp_path):
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+# ---------------------------------------------------------------- concurrent downloads
+
+
+class CountingServer:
+    """Serves ``folder`` on 127.0.0.1, counting GET requests per path and holding each
+    response ``delay_s`` back, so that processes started together overlap in their downloads."""
+
+    def __init__(self, folder: Path, delay_s: float = 0.0) -> None:
+        self.requests: dict[str, int] = {}
+        counts, lock = self.requests, threading.Lock()
+
+        class Handler(_QuietHandler):
+            def do_GET(self) -> None:
+                with lock:
+                    counts[self.path] = counts.get(self.path, 0) + 1
+                time.sleep(delay_s)
+                super().do_GET()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def test_sources_started_together_download_each_file_once(server, tmp_path):
+    """Two sources on one folder prepare at the same moment (as SLURM's DDP ranks do):
+    one downloads under the folder's lock, the other waits and then finds the files."""
+    folder, _ = server  # (its fixture clears proxy variables)
+    write_mnist(folder, gz=True)
+    checksums = {f"{stem}.gz": md5(folder / f"{stem}.gz") for stem in MNIST_STEMS}
+    root = tmp_path / "data"
+    counting = CountingServer(folder, delay_s=0.2)
+    counting.start()
+    sources = [MNIST(root, download=True, mirror=counting.url, checksums=checksums) for _ in range(3)]
+    start = threading.Barrier(len(sources))
+    errors: list[BaseException] = []
+
+    def prepare(source: MNIST) -> None:
+        start.wait()
+        try:
+            source.prepare()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=prepare, args=(s,)) for s in sources]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        counting.stop()
+    assert not errors
+    assert counting.requests == {f"/{stem}.gz": 1 for stem in MNIST_STEMS}
+    # only the data is left: no lock file, no partial download
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"{s}.gz" for s in MNIST_STEMS)
+    assert all(torch.equal(s.load().train_images, sources[0].load().train_images) for s in sources)
+
+
+def test_download_lock_waits_then_gives_up_naming_the_holder(tmp_path):
+    with download_lock(tmp_path / "data"):
+        started = time.monotonic()
+        waited = rf"gave up after 0.3 s waiting for pid {os.getpid()} on "
+        with pytest.raises(DownloadWaitError, match=waited), download_lock(tmp_path / "data", wait_s=0.3):
+            pass
+        assert 0.3 <= time.monotonic() - started < 5
+    assert list((tmp_path / "data").iterdir()) == []  # the holder removed its lock file
+    with download_lock(tmp_path / "data", wait_s=0):  # free again
+        pass

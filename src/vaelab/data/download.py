@@ -1,9 +1,10 @@
 """Fetch one file over HTTP(S) with a checksum, never leaving a partial file behind.
 
 Only urllib is used so that the package needs no extra dependency.  The file
-is streamed to ``<dest>.part`` in the same folder (same filesystem, so the
-final ``os.replace`` is atomic), hashed while it streams, and moved into place
-only once the checksum matches.  A crash, a Ctrl-C or a bad checksum therefore
+is streamed to a temporary file of its own, ``.<name>.<pid>-<random>.part`` in
+the same folder (same filesystem, so the final ``os.replace`` is atomic; no two
+processes share one), hashed while it streams, and moved into place only once
+the checksum matches.  A crash, a Ctrl-C or a bad checksum therefore
 never leaves something at ``dest`` that a later run would mistake for data.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -42,19 +44,20 @@ def download_file(
     """Download ``url`` to ``dest`` and return ``dest``.
 
     ``md5`` / ``sha256`` (hex, either case), when given, must match or
-    :class:`ChecksumError` is raised.  Any failure removes the ``.part`` file
+    :class:`ChecksumError` is raised.  Any failure removes the temporary file
     and re-raises; ``dest`` is only ever created complete and verified.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_suffix(dest.suffix + ".part")
+    # a name of its own, so that two processes fetching one file never write into one file
+    part = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     hashes = {}
     if md5 is not None:
         hashes["md5"] = (hashlib.md5(usedforsecurity=False), md5.lower())
     if sha256 is not None:
         hashes["sha256"] = (hashlib.sha256(), sha256.lower())
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(part, "xb") as out:
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None else None
             received = 0

@@ -4,8 +4,10 @@ A source knows its ``name``, ``image_shape`` (C, H, W) and ``levels`` without
 touching the disk, so a model can be built before any data is read.  Sources
 with downloadable data also have ``prepare()``, which fetches missing files
 when ``download=True`` and does nothing else; the data module calls it from
-``prepare_data`` so that only one process per node downloads.  ``load()``
-calls ``prepare()`` itself, so a source also works on its own.
+``prepare_data``.  ``load()`` calls ``prepare()`` itself, so a source also works
+on its own.  Fetching holds the data folder's download lock (:mod:`.lock`):
+when several processes start at once (SLURM's DDP ranks, parallel jobs), one
+downloads and the others wait, then find the files.
 
 Downloads go to the canonical mirrors and are checked against the md5 sums
 torchvision uses.  Files already present are trusted and not re-hashed:
@@ -26,6 +28,7 @@ from .cifar import read_cifar_batch
 from .download import download_file
 from .folder import IMAGE_EXTENSIONS, class_name, list_images, read_images
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from .lock import download_lock
 from .splits import FIXED_HOLDOUT_SEED, holdout_split
 
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -130,12 +133,14 @@ class MNIST(_DownloadableSource):
         return [stem for stem in self.files if self._find(stem) is None]
 
     def prepare(self) -> None:
-        """Download the missing .gz files when ``download`` is set."""
-        if not self.download:
+        """Download the missing .gz files when ``download`` is set; one process at a
+        time (DDP ranks, parallel jobs): the others wait, then find the files."""
+        if not self.download or not self.missing():
             return
-        for stem in self.missing():
-            gz = f"{stem}.gz"
-            download_file(_join_url(self.mirror, gz), self.root / gz, md5=self.checksums[gz])
+        with download_lock(self.root):
+            for stem in self.missing():
+                gz = f"{stem}.gz"
+                download_file(_join_url(self.mirror, gz), self.root / gz, md5=self.checksums[gz])
 
     def load(self) -> ImageArrays:
         self.prepare()
@@ -197,10 +202,13 @@ class CIFAR10(_DownloadableSource):
         """When ``download`` is set and batches are missing, fetch (unless present) and unpack the archive."""
         if not self.download or not self.missing():
             return
-        archive = self.root / self.archive
-        if not archive.is_file():
-            download_file(_join_url(self.mirror, self.archive), archive, md5=self.checksums[self.archive])
-        extract_folder(archive, self.folder, self.root)
+        with download_lock(self.root):  # one process at a time; the others find it done
+            if not self.missing():
+                return
+            archive = self.root / self.archive
+            if not archive.is_file():
+                download_file(_join_url(self.mirror, self.archive), archive, md5=self.checksums[self.archive])
+            extract_folder(archive, self.folder, self.root)
 
     def load(self) -> ImageArrays:
         self.prepare()
