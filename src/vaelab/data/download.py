@@ -19,19 +19,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from vaelab.exceptions import ChecksumError
+
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
-
-
-class ChecksumError(ValueError):
-    """A downloaded file's checksum differs from the expected one."""
-
-    def __init__(self, url: str, algorithm: str, expected: str, actual: str) -> None:
-        self.url = url
-        self.algorithm = algorithm
-        self.expected = expected
-        self.actual = actual
-        super().__init__(f"{algorithm} mismatch for {url}: expected {expected}, got {actual}")
 
 
 def download_file(

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.exceptions import ConfigError
+
 from .archive import extract_folder
 from .arrays import DatasetFormatError, DatasetNotFoundError, ImageArrays
 from .cifar import read_cifar_batch
@@ -249,11 +251,11 @@ class ImageFolder:
         self.root = Path(root).expanduser()
         self.size = tuple(int(s) for s in size)
         if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be (H, W) with positive entries, got {size}")
+            raise ConfigError(f"size must be (H, W) with positive entries, got {size}")
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+            raise ConfigError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
         if not 0.0 <= test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+            raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
         self.channels = channels
         self.test_fraction = float(test_fraction)
         self.classes: list[str] | None = None  # filled by load()
