@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
-from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.exceptions import JobBusyError, NonFiniteLossError, UserError  # noqa: F401 - NonFiniteLossError re-exported
 from vaelab.sweeps import (
     JobFolderLock,
+    in_multirun,
     record_command,
     value_for_failed_job,
     write_failure,
@@ -77,10 +77,6 @@ def remove_unstarted_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-def _in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _exit_with(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
@@ -96,10 +92,10 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return task(*args, **kwargs)
         except Exception as error:
-            if _in_multirun() and isinstance(error, JobBusyError):  # not this process's job: no FAILED
+            if in_multirun() and isinstance(error, JobBusyError):  # not this process's job: no FAILED
                 print(f"error: {error}", file=sys.stderr, flush=True)
                 return value_for_failed_job()
-            if _in_multirun():  # the launcher records the failure; the folder says why
+            if in_multirun():  # the launcher records the failure; the folder says why
                 failure = write_failure(Path(HydraConfig.get().runtime.output_dir), error)
                 worst = value_for_failed_job()
                 if worst is None:

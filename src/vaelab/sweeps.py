@@ -154,6 +154,11 @@ def interrupted_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def sweeper_optimises() -> bool:
+    """Whether this job's value steers a sweeper (Optuna), rather than being ignored (a grid)."""
+    return in_multirun() and "basic" not in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+
+
 def value_for_failed_job() -> float | list[float] | None:
     """What a failed job returns to a sweeper that needs a value to go on, else None
     (the failure is raised, and the launcher records it). The Optuna sweeper stops the

@@ -332,21 +332,12 @@ def write_summary(
     print("\n".join(lines), flush=True)
 
 
-def sweeper_optimises() -> bool:
-    """Whether this job's value steers a sweeper (Optuna), rather than being ignored (a grid)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not sweeps.in_multirun():
-        return False
-    return "basic" not in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
-
-
 def check_sweeper_metric(cfg: DictConfig) -> None:
     """An optimising sweeper needs ``optimized_metric`` from every trial: a val/ metric
     with validation switched off can never be there, so say so before training."""
     name = str(cfg.get("optimized_metric") or "").lstrip("-")
     no_validation = cfg.trainer.get("limit_val_batches") in (0, 0.0)
-    if sweeper_optimises() and name.startswith("val/") and no_validation:
+    if sweeps.sweeper_optimises() and name.startswith("val/") and no_validation:
         raise ConfigError(
             f"optimized_metric={cfg.optimized_metric} needs validation, but trainer.limit_val_batches=0 switches it "
             "off; let validation run or optimise a test/ metric"
@@ -368,7 +359,7 @@ def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | Non
 def hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # a single run or a grid sweep ignores the value: no job fails over a missing one
-    return metric_for_sweeper(metrics, cfg.get("optimized_metric")) if sweeper_optimises() else None
+    return metric_for_sweeper(metrics, cfg.get("optimized_metric")) if sweeps.sweeper_optimises() else None
 
 
 def main() -> None:
