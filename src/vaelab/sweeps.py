@@ -19,7 +19,6 @@ worker processes, which do not see the original ``sys.argv``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -34,6 +33,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+
+from vaelab import locks
 
 COMMAND_ENV = "VAELAB_COMMAND_OVERRIDES"
 MAX_NAME = 80
@@ -205,24 +206,17 @@ class DeviceSlot:
         deadline = time.monotonic() + timeout_s
         while True:
             for index in range(self.count):
-                handle = open(self.lock_dir / f"{self.group}-{index}.lock", "w")
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    handle.close()
-                    continue
-                handle.write(f"{os.getpid()}\n")
-                handle.flush()
-                self.index, self._handle = index, handle
-                return index
+                handle = locks.try_lock(self.lock_dir / f"{self.group}-{index}.lock")
+                if handle is not None:
+                    self.index, self._handle = index, handle
+                    return index
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no free device slot among {self.count} after {timeout_s} s")
             time.sleep(poll_s)
 
     def release(self) -> None:
         if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
+            locks.unlock(self._handle)
             self._handle, self.index = None, None
 
     def __enter__(self) -> int:
@@ -249,24 +243,14 @@ class JobFolderLock:
         from vaelab.exceptions import JobBusyError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
+        self._handle = locks.try_lock(self.path)
+        if self._handle is None:
             raise JobBusyError(
-                f"{self.path.parent} is being trained by another process ({holder}); this one leaves it alone"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        handle.flush()
-        self._handle = handle
+                f"{self.path.parent} is being trained by another process ({locks.holder(self.path, 'unknown')}); "
+                "this one leaves it alone"
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
+            locks.unlock(self._handle)
             self._handle = None

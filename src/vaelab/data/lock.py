@@ -15,13 +15,15 @@ there with NFS locks); every process must see the same folder.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from vaelab.locks import holder as locks_holder
+from vaelab.locks import try_lock, unlock
 
 from .arrays import DatasetNotFoundError
 
@@ -37,13 +39,6 @@ class DownloadWaitError(DatasetNotFoundError):
     """Another process held the data folder's download lock for longer than we wait."""
 
 
-def _holder(path: Path) -> str:
-    try:
-        return path.read_text().strip() or "another process"
-    except OSError:
-        return "another process"
-
-
 @contextmanager
 def download_lock(root: str | Path, wait_s: float | None = None, poll_s: float = POLL_S) -> Iterator[None]:
     """Hold the download lock of data folder ``root`` (created if missing), waiting up
@@ -56,12 +51,9 @@ def download_lock(root: str | Path, wait_s: float | None = None, poll_s: float =
     deadline = time.monotonic() + wait_s
     said = False
     while True:
-        handle = open(path, "a+")  # noqa: SIM115 - held open as the lock, closed below
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            holder = _holder(path)
+        handle = try_lock(path)
+        if handle is None:
+            holder = locks_holder(path)
             if time.monotonic() >= deadline:
                 raise DownloadWaitError(
                     f"gave up after {wait_s:g} s waiting for {holder} to finish "
@@ -80,14 +72,9 @@ def download_lock(root: str | Path, wait_s: float | None = None, poll_s: float =
             same = False
         if same:
             break
-        handle.close()
+        unlock(handle)
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        handle.flush()
         yield
     finally:
         path.unlink(missing_ok=True)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        unlock(handle)
