@@ -2,7 +2,9 @@
 
 Written as PNG files into the run folder (and to image-capable loggers) by rank
 zero only. Small images (8x8 digits) are upscaled with nearest neighbours so the
-files are readable at a glance.
+files are readable at a glance, and every panel says in words what it shows (a
+title, and "input" / "reconstruction" beside the rows), so that it reads without
+the source.
 """
 
 from __future__ import annotations
@@ -12,17 +14,22 @@ import math
 import os
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import RichProgressBar as _RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+#: grey between cells: visible against both black backgrounds and white strokes
+GRID_FILL = 0.5
 
-def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, min_cell: int = 56, fill: float = 0.5) -> Tensor:
+
+def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, min_cell: int = 56, fill: float = GRID_FILL) -> Tensor:
     """Tile (N, C, H, W) images in [0, 1] into one (H', W', C) uint8 array, upscaled
     by an integer factor so that each cell is at least ``min_cell`` pixels high, on a
     mid-grey ``fill`` that stays visible against both black backgrounds and white strokes."""
@@ -50,10 +57,82 @@ def interleave_rows(inputs: Tensor, outputs: Tensor, nrow: int) -> Tensor:
     return torch.cat(rows)
 
 
-def save_png(grid: Tensor, path: Path) -> Path:
+def paired_rows(inputs: Tensor, outputs: Tensor, nrow: int, gap: int = 8, fill: float = GRID_FILL) -> tuple[Tensor, list[tuple[int, str]]]:
+    """A grid of row pairs, ``nrow`` inputs above their ``nrow`` reconstructions, with a
+    ``gap`` of white between pairs so that each pair reads as one; and the labels for
+    :func:`compose_panel`: ("input" or "reconstruction", at the pixel row of its row's
+    middle). One (H, W, C) uint8 array, like :func:`make_grid`."""
+    blocks, labels, top, padding = [], [], 0, 2
+    for start in range(0, inputs.shape[0], nrow):
+        pair = interleave_rows(inputs[start : start + nrow], outputs[start : start + nrow], nrow)
+        block = make_grid(pair, nrow=nrow, padding=padding, fill=fill)
+        if blocks:
+            blocks.append(torch.full((gap, block.shape[1], block.shape[2]), 255, dtype=torch.uint8))
+            top += gap
+        cell = (block.shape[0] - 3 * padding) // 2  # make_grid: padding above, between and below the two rows
+        labels += [(top + padding + cell // 2, "input"), (top + 2 * padding + cell + cell // 2, "reconstruction")]
+        blocks.append(block)
+        top += block.shape[0]
+    return torch.cat(blocks), labels
+
+
+def compose_panel(
+    grid: Tensor | np.ndarray, title: str = "", row_labels: Sequence[tuple[int, str]] = (), fontsize: float = 10, dpi: int = 100
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The uint8 (H, W, C) ``grid`` on a white page, with ``title`` (one or more lines)
+    above it and ``row_labels`` ((pixel row of the grid, text), right-aligned) at its
+    left. Returns the page, (H', W', C) uint8, and (top, left): where the grid sits.
+
+    matplotlib draws only the text; the grid is pasted into the page pixel for pixel,
+    never resampled, so an upscaled 8x8 digit stays a crisp block of squares."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.asarray(grid)
+    if grid.ndim == 2:
+        grid = grid[..., None]
+    h, w, c = grid.shape
+    margin = 6
+    fig = Figure(dpi=dpi, facecolor="white")
+    canvas = FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    heading = fig.text(0.5, 1.0, title, fontsize=fontsize + 1, ha="center", va="top", linespacing=1.3) if title else None
+    labels = [(y, fig.text(0, 0, text, fontsize=fontsize, ha="right", va="center")) for y, text in row_labels]
+
+    def extent(artist: Any) -> tuple[int, int]:
+        box = artist.get_window_extent(renderer)
+        return math.ceil(box.width), math.ceil(box.height)
+
+    label_w = max((extent(t)[0] for _, t in labels), default=0)
+    title_w, title_h = extent(heading) if heading else (0, 0)
+    content_w = (label_w + margin if labels else 0) + w
+    width = max(content_w, title_w) + 2 * margin
+    left = (width - content_w) // 2 + (label_w + margin if labels else 0)
+    top = margin + (title_h + margin if heading else 0)
+    height = top + h + margin
+    fig.set_size_inches(width / dpi, height / dpi)
+    if heading:
+        heading.set_position((0.5, 1 - margin / height))
+    for y, text in labels:
+        text.set_position(((left - margin) / width, 1 - (top + y + 0.5) / height))
+    canvas.draw()
+    rendered = np.asarray(canvas.buffer_rgba())[..., :3]
+    page = np.full((height, width, 3), 255, dtype=np.uint8)  # the canvas may round its size by a pixel
+    rows, cols = min(height, rendered.shape[0]), min(width, rendered.shape[1])
+    page[:rows, :cols] = rendered[:rows, :cols]
+    if c == 1:
+        page = page[..., :1]  # black text on white: every channel is the same
+    elif c != 3:
+        raise ValueError(f"a grid has 1 or 3 channels, not {c}")
+    page[top : top + h, left : left + w] = grid
+    return page, (top, left)
+
+
+def save_png(grid: Tensor | np.ndarray, path: Path) -> Path:
+    """Write a uint8 (H, W, 1) or (H, W, 3) array as a grey or RGB PNG."""
     from PIL import Image
 
-    array = grid.numpy()
+    array = np.asarray(grid)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
@@ -61,11 +140,22 @@ def save_png(grid: Tensor, path: Path) -> Path:
 
 
 def save_sigma_map(sigma: Tensor, path: Path, title: str) -> Path:
-    """A heat map of sigma per pixel (channels side by side), with a colour bar."""
-    import matplotlib
+    """:func:`sigma_map_figure` as a PNG."""
+    fig = sigma_map_figure(sigma, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def sigma_map_figure(sigma: Tensor, title: str) -> Any:
+    """A heat map of sigma per pixel (channels side by side; for a predicted sigma, the
+    first few images' maps), one colour bar for all, and a caption with its range: a
+    matplotlib Figure on the Agg canvas.
+
+    Constrained layout keeps the title, the panels' labels, the colour bar and the
+    caption apart (a suptitle over plain subplots lands on the first panel's label)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     sigma = sigma.detach().float().cpu()
     if sigma.dim() == 4:  # per-example maps (predicted sigma): show the first few
@@ -76,18 +166,18 @@ def save_sigma_map(sigma: Tensor, path: Path, title: str) -> Path:
     vmin, vmax = float(sigma.min()), float(sigma.max())
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols + 1, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(max(4.4, 2.6 * cols + 1.4), 2.6 * rows + 1.3), layout="constrained", facecolor="white")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (panel, label) in zip(axes.flat, panels):
-        im = ax.imshow(panel.numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
+        im = ax.imshow(panel.numpy(), cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(label, fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), label="decoder sigma")
-    fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="decoder sigma", shrink=0.9)
+    fig.suptitle(title, fontsize=11)
+    fig.supxlabel(f"sigma per pixel, from {vmin:.4g} to {vmax:.4g} (mean {float(sigma.mean()):.4g})", fontsize=9)
+    return fig
 
 
 def save_latent_usage(report: dict[str, list[float]], path: Path, threshold: float, title: str = "") -> Path:
@@ -170,8 +260,11 @@ def progress_bar(enabled: bool = True, refresh_per_second: int = 4) -> pl.Callba
 
 class ImageGrids(pl.Callback):
     """Every ``every_n_epochs`` validation epochs and at the end of training, write
-    ``reconstructions`` (each row of inputs followed by its row of reconstructions), ``samples`` from the
-    prior and, when sigma varies by pixel, ``sigma_map`` into ``dirpath``.
+    ``reconstructions`` (row pairs: inputs, and below them their reconstructions,
+    labelled), ``samples`` from the prior and, when sigma varies by pixel,
+    ``sigma_map`` into ``dirpath``; after the test, ``latents``. Image loggers (W&B)
+    get each panel under its own key, ``images/<panel>``, at the global step it was
+    made at.
 
     Per-epoch files carry the epoch in their name; the final panels have plain names.
     """
@@ -182,8 +275,22 @@ class ImageGrids(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.seed = seed
         self.written: list[Path] = []
+        self._logged: dict[str, int] = {}  # logger key -> the global step it was last logged at
 
-    def _inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+    def _inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, str] | None:
+        """(shown, x, what): the input row's images, what the model encodes, and what
+        the input row shows in words.
+
+        ``x`` is the batch as training sees it (``likelihood.prepare``: scaled, and
+        dequantised or binarised with a fixed seed, the same draw every time), so the
+        reconstruction is of what the model encodes and the ELBO scores. The input
+        row shows the data themselves, scaled to [0, 1]: dequantisation noise (up to
+        1/levels per pixel, 1/17 for digits) is how a density is fitted to integers,
+        not part of the image, and drawn it turns black backgrounds into speckle.
+        Dynamic binarisation is the exception: the model encodes one 0/1 draw of the
+        grey image and reconstructs that draw, so the row shows the draw. (Static and
+        threshold binarisation happen in the data module: there the data are 0/1.)
+        """
         datamodule = trainer.datamodule
         if datamodule is None:
             return None
@@ -196,13 +303,22 @@ class ImageGrids(pl.Callback):
         torch.manual_seed(self.seed)  # the same dequantisation/binarisation noise every time
         x = pl_module.likelihood.prepare(images, pl_module.levels)
         torch.random.set_rng_state(generator_state)
-        return x
+        binarize = getattr(pl_module.likelihood, "binarize", None)
+        if binarize == "dynamic":
+            return x, x, "a binarised draw of the data (what the model encodes)"
+        if getattr(pl_module.likelihood, "dequantize", False):
+            what = "the data (the model's input adds dequantisation noise)"
+        else:
+            what = f"the data, binarised ({binarize})" if binarize in ("static", "threshold") else "the data"
+        return images.float() / (pl_module.levels - 1), x, what
 
     @rank_zero_only
-    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, suffix: str = "") -> list[Path]:
-        x = self._inputs(trainer, pl_module)
-        if x is None:
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, suffix: str = "", when: str = "") -> list[Path]:
+        inputs = self._inputs(trainer, pl_module)
+        if inputs is None:
             return []
+        shown, x, what = inputs
+        when = when or f"step {trainer.global_step}"
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -215,33 +331,49 @@ class ImageGrids(pl.Callback):
             pl_module.train(was_training)
         nrow = math.ceil(math.sqrt(x.shape[0]))
         full_rows = (x.shape[0] // nrow) * nrow or x.shape[0]  # whole rows keep pairs aligned
-        x, recon = x[:full_rows], recon[:full_rows]
-        paths = [
-            save_png(make_grid(interleave_rows(x, recon, nrow), nrow=nrow), self.dirpath / f"reconstructions{suffix}.png"),
-            save_png(make_grid(samples, nrow=nrow), self.dirpath / f"samples{suffix}.png"),
-        ]
+        pairs, labels = paired_rows(shown[:full_rows], recon[:full_rows], nrow)
+        recon_title = f"Reconstructions, {when}\ninput: {what}\nreconstruction: decoder mean at z = E[z|x]"
+        panels = {
+            "reconstructions": compose_panel(pairs, recon_title, labels)[0],
+            "samples": compose_panel(make_grid(samples, nrow=nrow), f"Prior samples, {when}\ndecoder mean at z ~ N(0, I)")[0],
+        }
+        paths = {name: save_png(page, self.dirpath / f"{name}{suffix}.png") for name, page in panels.items()}
         if sigma is not None:
             mode = getattr(pl_module.likelihood, "sigma_mode", "")
-            paths.append(save_sigma_map(sigma, self.dirpath / f"sigma_map{suffix}.png", f"sigma ({mode})"))
-        self._log_images(trainer, paths, suffix)
-        self.written = paths
-        return paths
+            paths["sigma_map"] = save_sigma_map(sigma, self.dirpath / f"sigma_map{suffix}.png", f"Decoder sigma ({mode})\n{when}")
+        self._log_images(trainer, paths)
+        self.written = list(paths.values())
+        return self.written
 
-    def _log_images(self, trainer: pl.Trainer, paths: list[Path], suffix: str) -> None:
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):  # W&B
-                logger.log_image(key="images", images=[str(p) for p in paths], caption=[p.stem for p in paths])
+    def _log_images(self, trainer: pl.Trainer, paths: dict[str, Path]) -> None:
+        """Each panel under a key of its own (``images/reconstructions``, ...), at the
+        global step it was made at: the number of optimiser steps behind the weights
+        that drew it (Lightning stamps the validation metrics of that epoch one lower,
+        with the index of the epoch's last batch). One panel a key, because W&B lays
+        out the images of one key side by side and warns ("Images sizes do not
+        match") when their sizes differ, as reconstructions and samples do. A panel
+        already logged at this step (the last epoch's, again at the end of training)
+        is not logged twice."""
+        step = trainer.global_step
+        for name, path in paths.items():
+            key = f"images/{name}"
+            if self._logged.get(key) == step:
+                continue
+            self._logged[key] = step
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_image"):  # W&B
+                    logger.log_image(key=key, images=[str(path)], step=step, caption=[path.stem])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         epoch = trainer.current_epoch + 1
         if self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0:
-            self.write(trainer, pl_module, suffix=f"_epoch{epoch:03d}")
+            self.write(trainer, pl_module, suffix=f"_epoch{epoch:03d}", when=f"epoch {epoch} (step {trainer.global_step})")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:
-            self.write(trainer, pl_module)
+            self.write(trainer, pl_module, when=f"end of training (step {trainer.global_step})")
 
     @rank_zero_only
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -250,7 +382,7 @@ class ImageGrids(pl.Callback):
             from vaelab.model.collapse import ACTIVE_UNIT_THRESHOLD
 
             path = save_latent_usage(report, self.dirpath / "latents.png", ACTIVE_UNIT_THRESHOLD)
-            self._log_images(trainer, [path], "")
+            self._log_images(trainer, {"latents": path})
 
 
 def max_rss_mb() -> float:

@@ -218,6 +218,28 @@ def job_title(record: dict[str, Any], swept: Sequence[str], width: int = 34) -> 
     return textwrap.fill(", ".join(parts), width, break_on_hyphens=False) if parts else record["job"]
 
 
+#: the largest side of a montage panel (a job's samples, or its sigma map), in pixels,
+#: by the number of jobs: a few jobs are shown at the size vaelab-train wrote them
+#: (digits stay sharp), many shrink so that 20+ jobs fit one screen
+PANEL_PX = ((4, 540), (12, 360), (10**9, 240))
+MONTAGE_DPI = 100
+
+
+def _fit(image: Any, box: int) -> Any:
+    """``image`` fitted into a ``box`` square: shrunk (Lanczos) when larger, blown up by a
+    whole factor (nearest neighbours, pixels stay sharp) when at most half the box,
+    else as it is."""
+    from PIL import Image
+
+    if max(image.size) > box:
+        image = image.copy()
+        image.thumbnail((box, box), Image.Resampling.LANCZOS)
+    factor = int(min(box / image.width, box / image.height))
+    if factor >= 2:  # small grids
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    return image
+
+
 def _tile(record: dict[str, Any], box: int, with_map: bool) -> Any:
     """The job's samples.png fitted into a ``box`` x ``box`` square, and when
     ``with_map``, a second square beside it with its sigma_map.png (blank when it has
@@ -230,18 +252,29 @@ def _tile(record: dict[str, Any], box: int, with_map: bool) -> Any:
     for slot, name in enumerate(["samples.png", "sigma_map.png"] if with_map else ["samples.png"]):
         try:
             with Image.open(images / name) as image:
-                image = image.convert("RGB")
-                if max(image.size) > box:
-                    image.thumbnail((box, box), Image.Resampling.LANCZOS)
-                scale = min(box / image.width, box / image.height)
-                if scale > 1:  # small grids: blow up, keeping pixels sharp
-                    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST)
+                image = _fit(image.convert("RGB"), box)
                 left = slot * (box + gap) + (box - image.width) // 2
                 tile.paste(image, (left, (box - image.height) // 2))
         except (OSError, ValueError):
             if slot == 0:
                 return None
     return tile
+
+
+def _panel_px(records: Sequence[dict[str, Any]], cap: int) -> int:
+    """The side of a montage panel: the largest samples.png or sigma_map.png side
+    among ``records``, at most ``cap`` (at least 64, for unreadable files)."""
+    from PIL import Image
+
+    largest = 0
+    for record in records:
+        for name in ("samples.png", "sigma_map.png"):
+            try:
+                with Image.open(Path(record["path"]) / "images" / name) as image:
+                    largest = max(largest, *image.size)
+            except (OSError, ValueError):
+                pass
+    return max(64, min(cap, largest))
 
 
 def _grid_shape(n: int, cell_w: float, cell_h: float, max_cols: int, target: float = 1.4) -> tuple[int, int]:
@@ -254,36 +287,53 @@ def _grid_shape(n: int, cell_w: float, cell_h: float, max_cols: int, target: flo
     return best, math.ceil(n / best)
 
 
-def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = None, box_px: int = 180, max_cols: int = 8) -> Any:
+def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = None, box_px: int | None = None, max_cols: int = 8) -> Any:
     """One tile per done job, in the given order: its prior samples, with its sigma map
     beside them when any job has one, titled with the job's swept values and its NLL.
-    Tiles shrink as jobs are added, so 20+ jobs fit one readable grid. Returns the
-    Figure, or None when no done job has samples.png."""
+    Returns the Figure, or None when no done job has samples.png.
+
+    Each panel is a ``box_px`` square; by default as large as the jobs' own images up
+    to :data:`PANEL_PX` for the number of jobs (540 px for a few, down to 240 for 13
+    or more), so a small sweep shows its samples at the size they were written. The
+    tiles are laid out in pixels, each axes exactly its tile's size at
+    :data:`MONTAGE_DPI`, and drawn with nearest neighbours: the figure adds no
+    resampling of its own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     swept, _ = swept_keys(records)
     done = [r for r in _done(records) if r.get("has_samples")]
     with_map = any(r.get("has_sigma_map") for r in done)
+    n = len(done)
+    if box_px is None:
+        box_px = _panel_px(done, next(px for most, px in PANEL_PX if n <= most))
     tiles = [(r, t) for r in done if (t := _tile(r, box_px, with_map)) is not None]
     if not tiles:
         return None
-    n = len(tiles)
-    box_in = 2.0 if n <= 12 else 1.6
-    cell_w = box_in * (2.05 if with_map else 1.0) + 0.2
-    width_chars = max(20, int(cell_w * 17))
+    n, dpi = len(tiles), MONTAGE_DPI
+    fontsize = 10 if box_px >= 300 else 7
+    tile_w, tile_h = tiles[0][1].size
+    width_chars = max(20, int(tile_w / (0.62 * fontsize * dpi / 72)))
     titles = [job_title(r, swept, width_chars) + "\n" + (f"NLL {r['nll']:.1f} nats" if r.get("nll") is not None else r["job"]) for r, _ in tiles]
-    cell_h = box_in + 0.14 * max(t.count("\n") + 1 for t in titles) + 0.15
+    lines = max(t.count("\n") + 1 for t in titles)
+    pad, header = 16, 44
+    title_px = math.ceil(lines * 1.3 * fontsize * dpi / 72) + 6
+    cell_w, cell_h = tile_w + pad, tile_h + title_px + pad
     cols, rows = _grid_shape(n, cell_w, cell_h, max_cols)
-    fig = _figure(cols * cell_w, rows * cell_h + 0.45)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
+    width, height = cols * cell_w + pad, header + rows * cell_h
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    for i, ((record, tile), title) in enumerate(zip(tiles, titles)):
+        row, col = divmod(i, cols)
+        left, top = pad + col * cell_w, header + row * cell_h + title_px
+        ax = fig.add_axes((left / width, 1 - (top + tile_h) / height, tile_w / width, tile_h / height))
         ax.axis("off")
-    for ax, (record, tile), title in zip(axes.flat, tiles, titles):
-        ax.imshow(tile, interpolation="antialiased")
-        ax.set_title(title, fontsize=7)
+        ax.imshow(tile, interpolation="nearest")
+        ax.set_title(title, fontsize=fontsize, fontweight="bold")  # apart from the title inside samples.png
     fig.suptitle(
         f"Prior samples of the {n} finished jobs"
         + (";  right: decoder sigma per pixel (sigma_map.png), where it varies" if with_map else ""),
-        fontsize=10,
+        fontsize=11, y=1 - 12 / height, va="top",
     )
-    _save(fig, path, dpi=100)
+    _save(fig, path, dpi=dpi)
     return fig
-
