@@ -212,14 +212,38 @@ def test_swept_keys_are_columns_and_shared_overrides_are_noted(sweep):
     assert table.swept == ["likelihood.sigma", "model.beta", "model.latent_dim"]
     assert table.common == {"debug": "short"}
     headers = [c.header for c in table.columns]
-    assert headers[:5] == ["job", "status", "likelihood.sigma", "model.beta", "model.latent_dim"]
+    # each quantity once: the sigma mode is in `sigma` and model.beta is `beta`, so only
+    # the latent size, which no standard column shows, gets a column of its own
+    assert headers[:6] == ["job", "status", "model.latent_dim", "likelihood", "sigma", "beta"]
+    assert len(headers) == len(set(headers)) and "model.beta" not in headers and "likelihood.sigma" not in headers
     rows = {row["job"]: row for row in table.rows}
     assert rows["wide"]["set:model.latent_dim"] == "32" and rows["sigma=fixed,beta=2"]["set:model.latent_dim"] == "16"
     assert rows["x/sigma=learned,beta=2"]["set:likelihood.sigma"] == "learned_shared"
     assert "Overrides shared by every job: `debug=short`" in table.markdown()
     out = table.write_csv(sweep / "t.csv")
     read = list(csv.DictReader(out.open()))
-    assert read[-1]["model.latent_dim"] == "32" and read[0]["likelihood.sigma"] == "learned_shared"
+    assert read[-1]["model.latent_dim"] == "32" and read[0]["sigma"] == "learned_shared" and read[0]["beta"] == "0.5"
+    assert "model.beta" not in read[0] and "likelihood.sigma" not in read[0]
+
+
+def test_a_swept_key_keeps_its_column_where_the_standard_columns_do_not_tell_it(tmp_path):
+    """A sigma value swept beside a learned sigma (where the sigma column does not show
+    it), and two likelihood configs whose jobs look alike in likelihood and sigma."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    multirun_yaml(root, ["likelihood.sigma=fixed,learned_shared", "likelihood.sigma_value=0.1,0.2"])
+    for sigma in ("fixed", "learned_shared"):
+        for value in (0.1, 0.2):
+            make_job(root, f"{sigma},{value}", [f"likelihood.sigma={sigma}", f"likelihood.sigma_value={value}"], sigma=sigma, sigma_value=value)
+    headers = [c.header for c in compare.build_table(compare.load_sweep(root)).columns]
+    assert "likelihood.sigma_value" in headers and "likelihood.sigma" not in headers
+
+    root = tmp_path / "own_configs"
+    root.mkdir()
+    make_job(root, "a", ["likelihood=gaussian", "model.beta=1"], sigma="learned_shared")
+    make_job(root, "b", ["likelihood=my_gaussian", "model.beta=1"], sigma="learned_shared")
+    headers = [c.header for c in compare.build_table(compare.load_sweep(root)).columns]
+    assert "likelihood (override)" in headers and headers.count("likelihood") == 1
 
 
 def test_a_key_the_command_sweeps_is_a_column_even_while_one_job_exists(tmp_path):
@@ -241,7 +265,8 @@ def test_keys_an_experiment_sweeps_count_too_and_a_group_choice_is_its_own_colum
     table = compare.build_table(compare.load_sweep(root))
     assert table.swept == ["likelihood", "model.beta"] and table.common == {"experiment": "beta_sigma_grid"}
     headers = [c.header for c in table.columns]
-    assert headers[2:4] == ["likelihood (override)", "model.beta"] and headers.count("likelihood") == 1
+    # likelihood=gaussian_fixed is the likelihood and sigma columns, model.beta is beta: each shown once
+    assert headers[2:5] == ["likelihood", "sigma", "beta"] and len(headers) == len(set(headers))
     assert table.rows[0]["set:likelihood"] == "gaussian_fixed" and table.rows[0]["likelihood"] == "gaussian"
     header = next(csv.reader(table.write_csv(tmp_path / "t.csv").open()))
     assert len(header) == len(set(header))
@@ -425,7 +450,9 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
         assert str(folder / name) in proc.stdout
     rows = list(csv.DictReader((folder / "table.csv").open()))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
-    assert {(r["likelihood.sigma"], r["model.beta"]) for r in rows} == {("fixed", "0.5"), ("fixed", "2"), ("optimal", "0.5"), ("optimal", "2")}
+    # each quantity once: the sigma column tells the sigma mode, beta is model.beta
+    assert {(r["sigma"].split()[0], float(r["beta"])) for r in rows} == {("fixed", 0.5), ("fixed", 2), ("optimal", 0.5), ("optimal", 2)}
+    assert "model.beta" not in rows[0] and "likelihood.sigma" not in rows[0]
     nlls = [float(r["nll"]) for r in rows]
     assert nlls == sorted(nlls) and all(r["nll_source"] == "test/nll_iw" for r in rows)
     for r in rows:  # beta_eff is the logged test/beta_eff: 2 sigma^2 beta

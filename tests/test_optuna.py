@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import yaml
 from conftest import read_metrics
+from test_sweeps import assert_sweep_reported
 
+from vaelab.compare import load_sweep
+from vaelab.compare.records import swept_keys
 from vaelab.exceptions import ConfigError
 from vaelab.train import metric_for_sweeper
 
@@ -49,6 +53,19 @@ def test_optuna_minimises_the_validation_negative_elbo(train, tmp_path):
     best = results(folder)
     assert best["best_value"] == pytest.approx(min(values.values()))
     assert "Best value" in proc.stdout + proc.stderr
+
+    # what the user sees: the folder is named after the searched keys; a long job name
+    # keeps whole overrides before its hash; the sweep is reported as a grid one is, and
+    # has the multirun.yaml that vaelab-compare and the notebook find sweeps by
+    assert folder.name.rpartition("_")[0] == "likelihood+model.beta+model.latent_dim+model.optimizer.lr"
+    for job in jobs:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        kept = re.sub(r"-[0-9a-f]{8}$", "", job.name)
+        assert set(kept.split(",")) <= set(overrides), job.name
+    assert assert_sweep_reported(proc, folder).endswith("(3 jobs: 3 done)")
+    assert sorted(p.parent for p in folder.parent.glob("*/multirun.yaml")) == [folder]  # the notebook's listing
+    swept, _ = swept_keys(load_sweep(folder))
+    assert set(swept) == {"likelihood", "model.beta", "model.latent_dim", "model.optimizer.lr"}
 
     # the sampler is seeded: the same command proposes the same trials and reuses them
     again = train(*command)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -11,8 +10,10 @@ import time
 
 import pytest
 from conftest import read_metrics, run_cli, script
+from omegaconf import OmegaConf
 from wandb_records import read_run
 
+from vaelab import sweeps
 from vaelab.sweeps import DeviceSlot
 
 QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
@@ -53,6 +54,55 @@ def test_a_dead_job_releases_its_device(tmp_path):
         assert slot == 0
 
 
+def test_long_job_names_keep_whole_overrides_before_their_hash():
+    trial = ["model.beta=0.7062057512530174", "model.optimizer.lr=0.0016967533607196547", "model.latent_dim=32",
+             "likelihood=gaussian_learned_shared"]
+    name = sweeps.job_folder_name(trial)
+    kept, _, digest = name.rpartition("-")
+    assert len(name) <= sweeps.MAX_NAME and len(digest) == 8
+    assert kept == "likelihood=gaussian_learned_shared,model.beta=0.7062057512530174"  # whole items, sorted
+    assert sweeps.job_folder_name(trial[:1]) == "model.beta=0.7062057512530174"  # short: no hash
+    assert sweeps.job_folder_name(["data.root=/a/b"]).startswith("data.root=_a_b-")  # a replaced character: a hash
+
+
+def test_a_sweep_folder_is_named_after_the_keys_its_sweeper_sweeps_too(monkeypatch):
+    """Optuna's search space (hydra.sweeper.params) names the folder as a command's swept keys do."""
+    monkeypatch.setenv(sweeps.COMMAND_ENV, "")
+    sweeps.register_resolvers()
+    sweeps.record_command(["-m", "hparams_search=optuna", "seed=1,2"])
+    params = {"model.beta": "tag(log, interval(0.25, 4.0))", "model.latent_dim": "choice(4, 8)", "likelihood": "choice(a, b)",
+              "trainer.max_epochs": "3"}
+    cfg = OmegaConf.create({"sweep_name": "${vaelab.sweep_name:}", "hydra": {"sweeper": {"params": params}}})
+    name = cfg.sweep_name
+    assert name.rpartition("_")[0] == "seed+likelihood+model.beta+model.latent_dim"  # a fixed param is not swept
+    assert name.endswith(sweeps.sweep_name().rpartition("_")[2])  # one hash: of the command
+    sweeps.record_command(["-m", *(f"key.number_{i}=1,2" for i in range(9))])
+    prefix = sweeps.sweep_name().rpartition("_")[0]
+    assert prefix.endswith("+more") and all(k.startswith("key.number_") for k in prefix.split("+")[:-1])
+
+
+def test_the_sweep_summary_counts_job_states_and_names_the_compare_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "logs" / "sweep_x"
+    for name, marker in (("a", "metrics.json"), ("b", "FAILED"), ("c", None)):
+        (folder / name / ".hydra").mkdir(parents=True)
+        if marker:
+            (folder / name / marker).write_text("{}")
+    assert sweeps.sweep_summary(folder) == (
+        "Sweep folder: logs/sweep_x (3 jobs: 1 done, 1 failed, 1 not finished)\nCompare its jobs: vaelab-compare logs/sweep_x"
+    )
+
+
+def assert_sweep_reported(proc, folder):
+    """The sweep's folder at its start, and at its end how its jobs ended and the compare command."""
+    shown = folder.relative_to(folder.parents[3])  # logs/train/multiruns/<sweep>, run from tmp_path
+    lines = proc.stdout.splitlines()
+    assert lines.count(f"Sweep folder: {shown} (the same command again resumes it)") == 1
+    assert lines[-1] == f"Compare its jobs: vaelab-compare {shown}"
+    assert lines[-2].startswith(f"Sweep folder: {shown} (")
+    return lines[-2]
+
+
 def sweep_dir(tmp_path):
     (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     return folder
@@ -90,6 +140,8 @@ def test_sweep_folders_are_named_after_overrides_and_rerunning_resumes(train, tm
 
     proc = train(*command)  # the same command again: resume
     assert proc.stdout.count("Job already finished, reusing its result") == 3
+    assert assert_sweep_reported(proc, folder).endswith("(4 jobs: 4 done)")
+    assert (folder / "multirun.yaml").is_file()
     assert f"continuing from {folder / last_job / 'checkpoints' / 'last.ckpt'}" in proc.stdout
     for job in jobs(folder):
         summary = read_metrics(job)
@@ -110,6 +162,8 @@ def test_a_failing_job_is_recorded_and_the_others_finish(train, tmp_path):
     assert "NonFiniteLossError: training stopped: the loss became" in (failed / "FAILED").read_text()
     assert not (failed / "metrics.json").exists()
     assert read_metrics(ok)["metrics"]["test/elbo"] < 0 and not (ok / "FAILED").exists()
+    # the sweep ends with an error, and still says where it is and how its jobs ended
+    assert assert_sweep_reported(proc, folder).endswith("(2 jobs: 1 done, 1 failed)")
 
 
 @pytest.mark.slow
@@ -117,10 +171,12 @@ def test_parallel_jobs_share_threads_and_take_their_own_device(tmp_path):
     env_devices = {"VAELAB_DEVICE_COUNT": "2"}
     os.environ.update(env_devices)
     try:
-        run_cli("vaelab-train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *QUICK, "model.beta=0.5,2", cwd=tmp_path)
+        proc = run_cli("vaelab-train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *QUICK, "model.beta=0.5,2", cwd=tmp_path)
     finally:
         for key in env_devices:
             os.environ.pop(key)
+    # the same report as a sweep run one job after another (a Hydra callback, whatever the launcher)
+    assert assert_sweep_reported(proc, sweep_dir(tmp_path)).endswith("(2 jobs: 2 done)")
     summaries = [read_metrics(job) for job in jobs(sweep_dir(tmp_path))]
     assert len(summaries) == 2
     cpus = os.cpu_count() or 1

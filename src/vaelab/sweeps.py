@@ -14,11 +14,19 @@
 
 The command line is recorded by :func:`record_command` in the launching process, in
 an environment variable, because the job folders are named inside the launcher's
-worker processes, which do not see the original ``sys.argv``.
+worker processes, which do not see the original ``sys.argv``. Keys a sweeper sweeps
+from its config (``hydra.sweeper.params``: Optuna's search space, an experiment's
+grid) name the folder as the command's do.
+
+:class:`SweepReport`, a Hydra callback (``conf/hydra/default.yaml``), runs in the
+launching process whatever the launcher (one after another, parallel, SLURM) or the
+sweeper (grid, Optuna): it says where the sweep writes when it starts, and how its
+jobs ended and how to compare them when it ends.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -68,25 +77,65 @@ def _is_swept(override: str) -> bool:
     return "," in outside_brackets or re.match(r"^\s*(range|choice|interval|glob|tag)\(", value) is not None
 
 
-def sweep_name() -> str:
-    """``<swept keys>_<hash of the whole command>``: the same command, the same folder."""
+MAX_PREFIX = 64
+
+
+def sweeper_params(root: Any = None) -> dict[str, str]:
+    """The sweeper's ``hydra.sweeper.params`` (Optuna's search space, an experiment's
+    grid): from the config being resolved (``root``, in the launching process before
+    Hydra's config is set), else from Hydra's config (in a job). Empty when none."""
+    params = OmegaConf.select(root, "hydra.sweeper.params", default=None) if root is not None else None
+    if params is None and HydraConfig.initialized():
+        params = OmegaConf.select(HydraConfig.get(), "sweeper.params", default=None)
+    if params is None:
+        return {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def _cut(items: list[str], sep: str, limit: int) -> tuple[str, bool]:
+    """``items`` joined by ``sep``, whole items only, at most ``limit`` characters (the
+    first item is cut if it alone is longer); and whether any was left out."""
+    text = ""
+    for i, item in enumerate(items):
+        longer = f"{text}{sep}{item}" if text else item
+        if len(longer) > limit:
+            return (text or item[:limit]), True
+        text = longer
+    return text, False
+
+
+def sweep_name(*, _root_: Any = None) -> str:
+    """``<swept keys>_<hash of the whole command>``: the same command, the same folder.
+    The swept keys are the command's and the sweeper's ``params``' (whole keys, the
+    first few when they are many)."""
     overrides = sorted(command_overrides())
     swept = [_key(o) for o in overrides if _is_swept(o)]
-    prefix = "+".join(swept)[:48] or "sweep"
-    return f"{safe_name(prefix)}_{short_hash(json.dumps(overrides))}"
+    swept += sorted(k for k, v in sweeper_params(_root_).items() if _is_swept(f"{k}={v}") and k not in swept)
+    prefix, cut = _cut(swept, "+", MAX_PREFIX)
+    prefix = f"{prefix}+more" if cut else prefix
+    return f"{safe_name(prefix or 'sweep')}_{short_hash(json.dumps(overrides))}"
 
 
 def job_name() -> str:
-    """The overrides that set this job apart (not those shared by the whole command)."""
+    """The overrides that set this job apart (not those shared by the whole command).
+    A long name keeps whole ``key=value`` items and ends in a hash of all of them."""
     # keys the command sets to one value for every job (compared by key: Hydra writes
     # a job's values back normalised, e.g. `false` as `False`)
     shared = {_key(o) for o in command_overrides() if not _is_swept(o)}
     own = [o for o in HydraConfig.get().overrides.task if _key(o) not in shared and not _key(o).startswith("hydra")]
     if not own:
         return f"job{HydraConfig.get().job.num}"
-    name = safe_name(",".join(sorted(own)))
-    if len(name) > MAX_NAME or name != ",".join(sorted(own)):
-        name = f"{name[: MAX_NAME - 9]}-{short_hash(','.join(sorted(own)))}"
+    return job_folder_name(own)
+
+
+def job_folder_name(overrides: list[str]) -> str:
+    """``a=1,b=2`` for the given overrides (sorted); past ``MAX_NAME`` characters, or
+    when a character had to be replaced, the whole items that fit and ``-<hash>``."""
+    full = ",".join(sorted(overrides))
+    name = safe_name(full)
+    if len(name) > MAX_NAME or name != full:
+        kept, _ = _cut([safe_name(o) for o in sorted(overrides)], ",", MAX_NAME - 9)
+        name = f"{kept}-{short_hash(full)}"
     return name
 
 
@@ -105,6 +154,67 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("vaelab.job_name", job_name, replace=True)
     OmegaConf.register_new_resolver("vaelab.run_group", run_group, replace=True)
     OmegaConf.register_new_resolver("vaelab.run_name", run_name, replace=True)
+
+
+# -- what the launching process says ---------------------------------------------------
+def shown_path(folder: str | Path) -> str:
+    """``folder`` as the user would type it: relative to the current folder when under it."""
+    folder = Path(folder).absolute()
+    try:
+        return str(folder.relative_to(Path.cwd()))
+    except ValueError:
+        return str(folder)
+
+
+def job_states(folder: Path) -> dict[str, int]:
+    """How many of the sweep's job folders are done (``metrics.json``), failed
+    (``FAILED``) or neither (not run, running, or stopped)."""
+    states = {"done": 0, "failed": 0, "not finished": 0}
+    for job in folder.iterdir() if folder.is_dir() else []:
+        if not (job / ".hydra").is_dir():
+            continue
+        state = "done" if (job / "metrics.json").is_file() else "failed" if (job / "FAILED").is_file() else "not finished"
+        states[state] += 1
+    return states
+
+
+def sweep_summary(folder: str | Path) -> str:
+    """What a sweep's folder holds, and the command that compares its jobs."""
+    folder = Path(folder)
+    states = job_states(folder)
+    jobs = sum(states.values())
+    counts = ", ".join(f"{n} {state}" for state, n in states.items() if n or state == "done")
+    shown = shown_path(folder)
+    return f"Sweep folder: {shown} ({jobs} job{'s' * (jobs != 1)}: {counts})\nCompare its jobs: vaelab-compare {shown}"
+
+
+class SweepReport(Callback):
+    """Hydra calls this in the launching process of every sweep (see the module
+    docstring). At the start it prints the sweep's folder and writes the sweep's
+    config to ``<sweep>/multirun.yaml``, as Hydra's grid sweeper does and the Optuna
+    sweeper does not (vaelab-compare reads the swept keys from it, and the notebook
+    finds sweeps by it). At the end it prints :func:`sweep_summary`; a sweep that
+    ends with an error (a failed job, an interrupt) prints it as the process exits."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self.folder = Path(config.hydra.sweep.dir)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, self.folder / "multirun.yaml")
+        print(f"Sweep folder: {shown_path(self.folder)} (the same command again resumes it)", flush=True)
+        atexit.register(self.report_end)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self.report_end()
+
+    def report_end(self) -> None:
+        if self.folder is None:
+            return
+        folder, self.folder = self.folder, None
+        atexit.unregister(self.report_end)
+        print(sweep_summary(folder), flush=True)
 
 
 # -- the job's situation --------------------------------------------------------------

@@ -192,7 +192,7 @@ def build_table(records: Sequence[dict[str, Any]], metric: str | None = None) ->
     the comparable group (and ``metric`` when it is none of these)."""
     metric = metric or DEFAULT_METRIC
     swept, common = swept_keys(records)
-    columns, swept = _layout(records, swept, "jobs", metric)
+    columns = _layout(records, swept, "jobs", metric)
     rows = _ranked_rows(records, swept, metric)
     counts = {status: sum(r["status"] == status for r in records) for status in STATUS_ORDER}
     notes = _notes(records, rows, metric, counts)
@@ -208,7 +208,7 @@ def build_settings_table(records: Sequence[dict[str, Any]], metric: str | None =
     swept, common = swept_keys(records)
     swept = [k for k in swept if k != SEED_KEY]
     settings = aggregate_seeds(records)
-    columns, swept = _layout(settings, swept, "settings", metric)
+    columns = _layout(settings, swept, "settings", metric)
     rows = _ranked_rows(settings, swept, metric)
     key = "nll" if metric == DEFAULT_METRIC else metric
     best: dict[str, dict[str, Any]] = {}
@@ -266,18 +266,50 @@ def _setting_name(row: dict[str, Any], swept: Sequence[str]) -> str:
     return "`" + (", ".join(parts) or row.get("decoder") or row.get("job", "")) + "`"
 
 
-def _layout(records: Sequence[dict[str, Any]], swept: list[str], per: str, metric: str) -> tuple[list[Column], list[str]]:
-    """The columns of a table, and the swept keys that get one."""
+#: swept keys that standard columns show: ``model.beta`` is the ``beta`` column, the sigma
+#: mode (and a fixed sigma's value, an optimal sigma's shape) the ``sigma`` column, a
+#: likelihood config choice (``gaussian_fixed``, ``bernoulli``) the two together
+SHOWN_BY = {
+    "model.beta": ("beta",),
+    "likelihood.sigma": ("sigma",),
+    "likelihood.sigma_value": ("sigma",),
+    "likelihood.optimal_shape": ("sigma",),
+    "likelihood": ("likelihood", "sigma"),
+    "likelihood.binarize": ("comparable",),
+}
+
+
+def shown_by_columns(records: Sequence[dict[str, Any]], key: str, columns: Sequence[str]) -> bool:
+    """Whether ``columns`` already tell every job's value of the swept ``key``: jobs
+    that agree on those columns agree on the key. (A user's own likelihood config whose
+    jobs look alike in them, or a sigma value swept beside a learned sigma, keeps its
+    own column.)"""
+    seen: dict[tuple, str] = {}
+    for record in records:
+        value = setting(record, key)
+        if seen.setdefault(tuple(str(record.get(c) or "") for c in columns), value) != value:
+            return False
+    return True
+
+
+def _layout(records: Sequence[dict[str, Any]], swept: list[str], per: str, metric: str) -> list[Column]:
+    """The columns of a table. Each quantity is shown once: a swept key gets a column
+    of its own unless a standard column shows it (``SHOWN_BY``: ``model.beta`` is
+    ``beta``, ``likelihood.sigma`` is in ``sigma``...). The table's ``swept`` and its
+    rows' ``set:<key>`` values keep every swept key."""
     standard = _standard_columns(per)
     names = {c.key for c in standard} | {"job", "status"}
-    # a swept key that is also a column (the `likelihood` config group) is shown once
-    swept = [k for k in swept if not (k in names and all(setting(r, k) == str(r.get(k) or "") for r in records))]
+
+    def shown(key: str) -> bool:
+        columns = SHOWN_BY.get(key, (key,) if key in names else None)
+        return columns is not None and shown_by_columns(records, key, columns)
+
     columns = [Column("job", "job" if per == "jobs" else "first job"), Column("status", "status")]
-    columns += [Column(f"set:{k}", k if k not in names else f"{k} (override)") for k in swept]
+    columns += [Column(f"set:{k}", k if k not in names else f"{k} (override)") for k in swept if not shown(k)]
     columns += standard
     if metric != DEFAULT_METRIC and metric not in {c.key for c in columns}:
         columns.append(Column(metric, metric, "{:.4g}", per == "settings"))
-    return columns, swept
+    return columns
 
 
 def _notes(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], metric: str, counts: dict[str, int]) -> list[str]:
