@@ -169,8 +169,10 @@ def main() -> None:
     """``python -m vaelab.ddp``: one extra rank of a job, started by :class:`JobScriptLauncher`."""
     from omegaconf import OmegaConf
 
+    from vaelab.console import quiet_library_noise
     from vaelab.train import train
 
+    quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('LOCAL_RANK', '?')}] %(message)s")
     cfg = OmegaConf.create(json.loads(os.environ[JOB_CONFIG_ENV]))
     train(cfg)

@@ -20,11 +20,14 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab import ddp, sweeps
+from vaelab.accelerators import check_gpus_exist, trains_on_gpu
 from vaelab.checkpoints import (
     check_training_left,
     check_weights_fit,
@@ -35,6 +38,7 @@ from vaelab.config import config_dir, instantiate_dict
 from vaelab.errors import remove_unstarted_run_dir, report_user_errors, run_cli
 from vaelab.model.collapse import is_collapsed
 from vaelab.schema import ConfigError, validate
+from vaelab.wandb_runs import finish_experiment_trackers, use_offline_wandb_without_key
 
 log = logging.getLogger("vaelab.train")
 
@@ -54,6 +58,18 @@ def build_model(cfg: DictConfig, datamodule: Any, **overrides: Any) -> pl.Lightn
         levels=datamodule.levels,
         **overrides,
     )
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, overrides: dict[str, Any]) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``. Lightning's MisconfigurationException while it is
+    built is a setting the user chose (devices, strategy, precision on this machine),
+    so it is a one-line ConfigError; raised later it may be a bug and keeps its traceback."""
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, MisconfigurationException):
+            raise ConfigError(f"trainer: {error.__cause__}") from error
+        raise
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -88,6 +104,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     validate(cfg)
     check_sweeper_metric(cfg)
+    ddp_strategy = "DDP" in str(OmegaConf.select(cfg, "trainer.strategy._target_", default=""))
+    check_gpus_exist(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"),
+                     cpu_hint="trainer=ddp_cpu" if ddp_strategy else "trainer=cpu")
     output_dir = Path(cfg.paths.output_dir)
     holds_job_folder = sweeps.in_multirun() and not ddp.is_extra_rank() and rank_zero_only.rank == 0
     with sweeps.JobFolderLock(output_dir) if holds_job_folder else nullcontext():
@@ -134,7 +153,7 @@ def train_in_folder(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         use_offline_wandb_without_key(cfg)
         loggers = instantiate_dict(cfg.get("logger"))
         trainer_overrides = {"devices": devices} if devices is not None and trains_on_gpu(cfg) else {}
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
+        trainer = build_trainer(cfg, callbacks, loggers, trainer_overrides)
         if checkpoint is not None and not resuming_interrupted_job:
             check_training_left(checkpoint, trainer, ckpt_path)
         del checkpoint  # Lightning reads the file again when it resumes
@@ -233,11 +252,6 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule
     return metrics
 
 
-def trains_on_gpu(cfg: DictConfig) -> bool:
-    accelerator = str(cfg.trainer.get("accelerator"))
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-
-
 @dataclass
 class DeviceClaim:
     """The devices a job holds (None: leave trainer.devices alone) and when it held them."""
@@ -269,35 +283,6 @@ def device_slot(cfg: DictConfig, n_jobs: int) -> Iterator[DeviceClaim]:
             yield claim
         finally:
             claim.held = [start, time.time()]
-
-
-def use_offline_wandb_without_key(cfg: DictConfig) -> None:
-    """With no W&B API key, log offline instead of failing, and say how to upload later."""
-    node = OmegaConf.select(cfg, "logger.wandb")
-    if node is None or node.get("mode") != "online":
-        return
-    import wandb
-
-    if wandb.api.api_key:
-        return
-    node.mode = "offline"
-    folder = Path(node.save_dir) / "wandb"
-    log.warning(
-        "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run is logged offline in %s. "
-        "Upload it later with: wandb sync %s/offline-run-*",
-        folder,
-        folder,
-    )
-
-
-def finish_experiment_trackers(trainer: pl.Trainer, metrics: dict[str, Any] | None) -> None:
-    """End each job's W&B run (failed when ``metrics`` is None), with the final test
-    numbers in its summary, so the next job in the same process starts a run of its own."""
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
-            if metrics is not None:
-                logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, float)})
-            logger.experiment.finish(exit_code=0 if metrics is not None else 1)
 
 
 @rank_zero_only
