@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from test_configs import composed
 
 from vaelab.schema import ConfigError, validate
@@ -11,12 +12,12 @@ from vaelab.schema import ConfigError, validate
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.beta=-1", "model.beta=-1.0 is not allowed: must be >= 0"),
+        ("model.beta=-1", "model.beta=-1.0 is not allowed: must be a number >= 0"),
         ("model.latent_dim=0", "model.latent_dim=0 is not allowed: must be an integer >= 1"),
-        ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed: must be > 0"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed: must be a number > 0"),
         ("model.free_bits=-0.5", "model.free_bits=-0.5 is not allowed"),
-        ("likelihood.sigma_value=0", "likelihood.sigma_value=0.0 is not allowed: must be > 0"),
-        ("data.val_fraction=1.5", "data.val_fraction=1.5 is not allowed: must be in [0, 1)"),
+        ("likelihood.sigma_value=0", "likelihood.sigma_value=0.0 is not allowed: must be a number > 0"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 is not allowed: must be a number in [0, 1)"),
         ("likelihood.log_sigma_min=3", "likelihood.log_sigma_min=3.0 must be below likelihood.log_sigma_max=2.0"),
     ],
 )
@@ -48,13 +49,13 @@ def test_the_defaults_are_valid(tmp_path):
 
 
 MALFORMED = [
-    (["model.beta=-1"], "model.beta=-1.0 is not allowed: must be >= 0"),
+    (["model.beta=-1"], "model.beta=-1.0 is not allowed: must be a number >= 0"),
     (["model.beta=abc"], "could not be converted to Float"),
     (["model.latent_dim=0"], "model.latent_dim=0 is not allowed"),
     (["model.latent_dim=2.5"], "could not be converted to Integer"),
     (["likelihood.sigma=gaussian"], "expected one of [fixed, learned_shared, learned_pixel, predicted, optimal]"),
     (["likelihood=poisson"], "Could not find 'likelihood/poisson'"),
-    (["model.optimizer.lr=0"], "model.optimizer.lr=0 is not allowed: must be > 0"),
+    (["model.optimizer.lr=0"], "model.optimizer.lr=0 is not allowed: must be a number > 0"),
     (["model.optimizer.lr=-0.001"], "model.optimizer.lr=-0.001 is not allowed"),
     (["likelihood.optimal_shape=row"], "expected one of [shared, pixel]"),
     (["likelihood=bernoulli", "likelihood.binarize=sometimes"], "expected one of [dynamic, static, threshold, none]"),
@@ -62,13 +63,15 @@ MALFORMED = [
     (["model=conv", "model.encoder.channels=[8,8,8,8]"], "needs image height and width divisible by 16"),
     (["data.val_fraction=1.5"], "data.val_fraction=1.5 is not allowed"),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed"),
-    (["likelihood.sigma=fixed", "likelihood.sigma_value=0"], "likelihood.sigma_value=0.0 is not allowed: must be > 0"),
+    (["likelihood.sigma=fixed", "likelihood.sigma_value=0"], "likelihood.sigma_value=0.0 is not allowed: must be a number > 0"),
     (["likelihood.log_sigma_min=5"], "must be below likelihood.log_sigma_max"),
     (["model.free_bits=-1"], "model.free_bits=-1.0 is not allowed"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed"),
     (["model.encoder.activation=Sigmoidx"], "is not a torch.nn activation"),
     (["data=image_folder"], "data.root must be set"),
-    (["model.betta=1"], "Key 'betta' not in"),
+    (["model.betta=1"], "model.betta is not a key of model: did you mean model.beta?"),
+    (["+model.betta=1"], "model.betta is not a setting of vaelab.model.vae.VAE: did you mean model.beta?"),
+    (["trainer.max_epochs=two"], "trainer.max_epochs='two' is not an integer: must be an integer >= 1"),
     (["data=mnist", "data.root={tmp}/nowhere"], "set data.download=true to fetch them"),
     (["data=mnist", "data.root={tmp}/corrupt"], "t10k-labels-idx1-ubyte"),
     (["data=image_folder", "data.root={tmp}/not_images"], "broken.png"),
@@ -76,10 +79,13 @@ MALFORMED = [
     (["ckpt_path={tmp}/truncated.ckpt"], "truncated.ckpt: ckpt_path: truncated or damaged"),
     (["ckpt_path={tmp}/lightning.ckpt"], "a Lightning checkpoint, but not one written by vaelab-train"),
     (["--config-dir", "{tmp}/conf", "experiment=broken"], "broken.yaml: not valid YAML at line 3, column 1"),
+    # Lightning would fail inside the Trainer with a traceback, after the run folder exists
+    *([] if torch.cuda.is_available() else [(["trainer=gpu"], "trainer.accelerator=gpu asks for a GPU, but torch finds none")]),
 ]
 
 #: checkpoints handed to vaelab-eval (both commands read them with vaelab.checkpoints.read_checkpoint)
 MALFORMED_FOR_EVAL = [
+    ([], "ckpt_path must be set: the checkpoint to evaluate, e.g. a training run's: vaelab-eval ckpt_path=logs/train/runs/"),
     (["ckpt_path={tmp}/missing.ckpt"], "missing.ckpt: ckpt_path: no such file"),
     (["ckpt_path={tmp}/empty.ckpt"], "empty.ckpt: ckpt_path: the file is empty"),
     (["ckpt_path={tmp}/text.ckpt"], "text.ckpt: ckpt_path: not a PyTorch checkpoint"),

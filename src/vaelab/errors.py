@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from typing import Any
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import ConfigCompositionException, HydraException, InstantiationException
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from vaelab.config_keys import unknown_key_message
 from vaelab.exceptions import JobBusyError, NonFiniteLossError, UserError  # noqa: F401 - NonFiniteLossError re-exported
 from vaelab.sweeps import (
     JobFolderLock,
@@ -44,10 +47,28 @@ _NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", 
 _SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def _unknown_override(error: BaseException) -> str | None:
+    """Hydra's "Could not override 'model.betta'" (a key the config does not have) as
+    :func:`vaelab.config_keys.unknown_key_message`, or None for any other error."""
+    cause = error.__cause__
+    if not isinstance(error, ConfigCompositionException) or not isinstance(cause, OmegaConfBaseException):
+        return None
+    named = re.match(r"Could not override '([^']+)'", str(error))
+    if named is None:
+        return None
+    full_key = named.group(1)
+    value = re.search(r"use \+" + re.escape(full_key) + r"=(.*)$", str(error), re.MULTILINE)
+    parent = getattr(cause, "parent_node", None)
+    return unknown_key_message(full_key, value.group(1) if value else None, parent if isinstance(parent, DictConfig) else None)
+
+
 def one_line(error: BaseException) -> str | None:
     """A one-line message for a user-fixable error (Hydra's wrappers unwrapped), else None."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    unknown = _unknown_override(error)
+    if unknown is not None:
+        return unknown
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         # a config file that is not valid YAML (Hydra raises the parser's error as it is)
         mark = error.problem_mark
@@ -116,6 +137,9 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
 def run_cli(hydra_main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function so that Hydra's own errors (composition,
     overrides) are one line too: Hydra is told to raise, and we report."""
+    from vaelab.console import quiet_library_noise
+
+    quiet_library_noise()
     record_command(sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

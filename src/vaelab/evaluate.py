@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.accelerators import check_gpus_exist
 from vaelab.checkpoints import check_weights_fit, read_checkpoint
 from vaelab.config import config_dir
 from vaelab.errors import report_user_errors, run_cli
@@ -65,7 +67,28 @@ def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def newest_checkpoint(log_dir: Path) -> Path | None:
+    """The most recently written best checkpoint of any training run under ``log_dir``."""
+    found = [*log_dir.glob("*/runs/*/checkpoints/best_*.ckpt"), *log_dir.glob("*/multiruns/*/*/checkpoints/best_*.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def require_checkpoint(cfg: DictConfig) -> None:
+    """ckpt_path has no default: say what to pass, with this machine's newest run as the example."""
+    if not OmegaConf.is_missing(cfg, "ckpt_path"):
+        return
+    newest = newest_checkpoint(Path(cfg.paths.log_dir))
+    example = "logs/train/runs/<run>/checkpoints/best_epochNNN.ckpt"
+    if newest is not None:
+        relative = Path(os.path.relpath(newest))
+        example = str(newest if relative.parts[0] == ".." else relative)
+    where = "the newest here" if newest is not None else "a training run's"
+    raise ConfigError(f"ckpt_path must be set: the checkpoint to evaluate, e.g. {where}: vaelab-eval ckpt_path={example}")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    require_checkpoint(cfg)
+    check_gpus_exist(cfg.accelerator, key="accelerator", cpu_hint="accelerator=cpu")
     pl.seed_everything(cfg.seed, workers=True)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["vaelab_config"])

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.config_keys import check_target_arguments
 from vaelab.exceptions import ConfigError
 
 
@@ -108,20 +109,28 @@ def register() -> None:
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16", "16")
 
 
-# (key, test, what is allowed): checked in order, the first failure is reported
-RANGE_CHECKS: list[tuple[str, Any, str]] = [
-    ("model.beta", lambda v: v >= 0, ">= 0"),
-    ("model.latent_dim", lambda v: v >= 1, "an integer >= 1"),
-    ("model.kl_warmup_steps", lambda v: v >= 0, ">= 0"),
-    ("model.free_bits", lambda v: v >= 0, ">= 0"),
-    ("model.test_iw_samples", lambda v: v >= 0, ">= 0"),
-    ("model.optimizer.lr", lambda v: v > 0, "> 0"),
-    ("likelihood.sigma_value", lambda v: v > 0, "> 0"),
-    ("likelihood.sigma_init", lambda v: v > 0, "> 0"),
-    ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
-    ("data.val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("trainer.max_epochs", lambda v: v is None or v == -1 or v >= 1, ">= 1 (or -1 for no limit)"),
+# (key, type, test, what is allowed): checked in order, the first failure is reported;
+# a value of the wrong type (trainer.max_epochs=two) is reported as that, not as a range
+RANGE_CHECKS: list[tuple[str, type, Any, str]] = [
+    ("model.beta", float, lambda v: v >= 0, ">= 0"),
+    ("model.latent_dim", int, lambda v: v >= 1, ">= 1"),
+    ("model.kl_warmup_steps", int, lambda v: v >= 0, ">= 0"),
+    ("model.free_bits", float, lambda v: v >= 0, ">= 0"),
+    ("model.test_iw_samples", int, lambda v: v >= 0, ">= 0"),
+    ("model.optimizer.lr", float, lambda v: v > 0, "> 0"),
+    ("likelihood.sigma_value", float, lambda v: v > 0, "> 0"),
+    ("likelihood.sigma_init", float, lambda v: v > 0, "> 0"),
+    ("data.batch_size", int, lambda v: v >= 1, ">= 1"),
+    ("data.val_fraction", float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("trainer.max_epochs", int, lambda v: v == -1 or v >= 1, ">= 1 (or -1 for no limit)"),
 ]
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    """An int where an int is asked for; an int or float where a number is (never a bool)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -137,22 +146,21 @@ _MISSING = object()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for a mandatory value left unset, or the first value
-    outside its range."""
+    """Raise :class:`ConfigError` for a mandatory value left unset, a key its
+    ``_target_`` does not take, or the first value outside its range."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} must be set: it has no default (e.g. {missing[0]}=...)")
-    for key, ok, allowed in RANGE_CHECKS:
+    check_target_arguments(cfg)
+    for key, kind, ok, allowed in RANGE_CHECKS:
         value = _select(cfg, key)
         if value is _MISSING or value is None:
             continue
-        bad = isinstance(value, float) and math.isnan(value)
-        try:
-            bad = bad or not ok(value)
-        except TypeError:
-            bad = True
-        if bad:
-            raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
+        what = "an integer" if kind is int else "a number"
+        if not _has_type(value, kind):
+            raise ConfigError(f"{key}={value!r} is not {what}: must be {what} {allowed}")
+        if (isinstance(value, float) and math.isnan(value)) or not ok(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {what} {allowed}")
     precision = _select(cfg, "trainer.precision")
     if precision is not _MISSING and precision is not None and str(precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision!r} is not allowed: must be one of {', '.join(PRECISIONS)}")
