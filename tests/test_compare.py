@@ -420,7 +420,9 @@ def test_importing_the_module_stays_light():
 # -- end to end: a real sweep, the command, the notebook -------------------------------
 def execute_notebook(path: Path, sweep: Path, tmp_path: Path, monkeypatch) -> object:
     """Run the notebook in a kernel of this interpreter (the venv's), with
-    VAELAB_SWEEP set; nbclient raises on the first cell that fails."""
+    VAELAB_SWEEP set; nbclient raises on the first cell that fails. It needs no Jupyter
+    server: nbclient, nbformat and ipykernel come with the `test` extra, which `make test`
+    and CI install (JupyterLab, for people, is the `notebook` extra: `make notebook`)."""
     import nbformat
     from nbclient import NotebookClient
 

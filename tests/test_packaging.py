@@ -1,0 +1,48 @@
+"""Every install is pinned: each package pyproject.toml names, in the base install and in
+every extra, has its version in constraints.txt (the Makefile installs through it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    return normalise(re.split(r"[\s\[<>=!~;]", requirement.strip(), maxsplit=1)[0])
+
+
+def pins() -> dict[str, str]:
+    found = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not a pin (name==version)"
+            found[normalise(name)] = version.strip()
+    return found
+
+
+def test_every_requirement_and_extra_is_pinned():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"dependencies": project["dependencies"], **project["optional-dependencies"]}
+    pinned = pins()
+    unpinned = {group: [r for r in reqs if requirement_name(r) not in pinned] for group, reqs in groups.items()}
+    assert not any(unpinned.values()), f"not in constraints.txt: {unpinned}"
+    assert "pip" in pinned  # the Makefile installs this pip before anything else
+
+
+def test_the_notebook_test_needs_only_the_test_extra_and_the_notebook_extra_has_jupyterlab():
+    """CI installs .[test]: what the notebook test imports (nbclient, nbformat, a kernel)
+    must be in it, so that the notebook runs in CI; `make notebook` adds JupyterLab."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"nbclient", "nbformat", "ipykernel"} <= {requirement_name(r) for r in extras["test"]}
+    assert {"jupyterlab", "nbconvert", "ipykernel"} <= {requirement_name(r) for r in extras["notebook"]}
+    assert "jupyterlab" not in {requirement_name(r) for r in extras["test"]}
