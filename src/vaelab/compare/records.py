@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vaelab.overrides import swept_keys as swept_in_command
 from vaelab.model.collapse import is_collapsed
 
 FAILURE_MARKER = "FAILED"
@@ -387,25 +388,6 @@ def sweep_overrides(sweep: str | Path) -> list[str] | None:
     return overrides
 
 
-def _swept_in_command(overrides: Sequence[str]) -> list[str]:
-    """Keys the command sweeps (``a=1,2``, ``range(...)``, ``choice(...)``...)."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parser = OverridesParser.create()
-    except Exception:  # noqa: BLE001
-        return []
-    keys = []
-    for override in overrides:
-        try:
-            (parsed,) = parser.parse_overrides([override])
-        except Exception:  # noqa: BLE001 - an unparsable one: the jobs' values decide
-            continue
-        if parsed.is_sweep_override():
-            keys.append(parsed.get_key_element().lstrip("+~"))
-    return keys
-
-
 def swept_keys(records: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
     """``(swept, common)``: the override keys whose values differ between jobs (or that
     the sweep's command sweeps), in the command's order; and the overrides every job
@@ -419,7 +401,7 @@ def swept_keys(records: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, 
     for sweep in dict.fromkeys(r.get("sweep") for r in records if r.get("sweep")):
         command = sweep_overrides(sweep)
         if command:
-            from_command += [k for k in _swept_in_command(command) if k not in from_command]
+            from_command += [k for k in swept_in_command(command) if k not in from_command]
     swept, common = [], {}
     for key in order:
         values = {setting(r, key) for r in records}
