@@ -10,10 +10,12 @@ import time
 
 import pytest
 from conftest import read_metrics, run_cli, script
+from hydra.conf import HydraConf
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from wandb_records import read_run
 
-from vaelab import sweeps
+from vaelab import overrides, sweeps
 from vaelab.sweeps import DeviceSlot
 
 QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
@@ -79,6 +81,45 @@ def test_a_sweep_folder_is_named_after_the_keys_its_sweeper_sweeps_too(monkeypat
     sweeps.record_command(["-m", *(f"key.number_{i}=1,2" for i in range(9))])
     prefix = sweeps.sweep_name().rpartition("_")[0]
     assert prefix.endswith("+more") and all(k.startswith("key.number_") for k in prefix.split("+")[:-1])
+
+
+@pytest.mark.parametrize(("override", "key", "swept"), [
+    ("model.beta=0.5,2", "model.beta", True),
+    ("model.beta=choice(0.5, 2)", "model.beta", True),
+    ("model.latent_dim=range(4, 17, 4)", "model.latent_dim", True),
+    ("likelihood=glob(gaussian_*)", "likelihood", True),
+    ("model.beta=tag(log, interval(0.25, 4.0))", "model.beta", True),
+    ("+model.extra=[1,2],[3,4]", "model.extra", True),  # two lists
+    ("+model.extra={a:1,b:2}", "model.extra", False),  # one dict
+    ("data.root='a,b'", "data.root", False),  # one quoted string
+    ('data.root="a,b"', "data.root", False),
+    ("model.hidden=[[1,2],[3,4]]", "model.hidden", False),  # one nested list
+    ("model.hidden=[64,32]", "model.hidden", False),
+    ("data.root=${oc.env:DATA,/tmp}", "data.root", False),  # an interpolation
+    ("++trainer.max_epochs=3", "trainer.max_epochs", False),
+    ("~callbacks.panels", "callbacks.panels", False),
+    ("hydra/launcher=slurm", "hydra/launcher", False),
+    ("train", "train", False),  # not an override (-cn train's value): swept by nothing
+])
+def test_an_override_is_swept_as_hydra_reads_it(override, key, swept):
+    assert overrides.parse(override) == (key, swept)
+    assert overrides.override_key(override) == key and overrides.is_swept(override) is swept
+
+
+def test_a_dict_or_quoted_value_with_commas_does_not_name_the_sweep_or_its_jobs(monkeypatch):
+    """A value that only looks like a sweep sets one value for every job: it names neither
+    the sweep's folder nor the job's."""
+    monkeypatch.setenv(sweeps.COMMAND_ENV, "")
+    command = ["model.beta=0.5,2", "+model.extra={a:1,b:2}", "data.root='a,b'", "model.hidden=[[1,2],[3,4]]"]
+    sweeps.record_command(["-m", *command])
+    assert sweeps.sweep_name().rpartition("_")[0] == "model.beta"
+    cfg = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+    cfg.hydra.overrides.task = ["model.beta=2", "+model.extra={a:1,b:2}", "data.root='a,b'", "model.hidden=[[1,2],[3,4]]"]
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(cfg)
+    assert sweeps.job_name() == "model.beta=2"
+    # compare reads the swept keys of a sweep's command the same way
+    assert overrides.swept_keys(["model.beta=0.5,2", *command[1:], "seed=range(3)"]) == ["model.beta", "seed"]
 
 
 def test_the_sweep_summary_counts_job_states_and_names_the_compare_command(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def parse(override: str) -> tuple[str, bool]:
     return parsed.get_key_element().lstrip("+~"), parsed.is_sweep_override()
 
 
-def key(override: str) -> str:
+def override_key(override: str) -> str:
     """The key an override sets (``+model.beta=2`` -> ``model.beta``)."""
     return parse(override)[0]
 

@@ -44,6 +44,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from vaelab import locks
+from vaelab.overrides import is_swept, override_key, swept_keys
 
 COMMAND_ENV = "VAELAB_COMMAND_OVERRIDES"
 MAX_NAME = 80
@@ -65,16 +66,6 @@ def short_hash(text: str, length: int = 8) -> str:
 def safe_name(text: str) -> str:
     """A file-name-safe version of an override string: no slashes, spaces or quotes."""
     return re.sub(r"[^A-Za-z0-9=,.+\-_\[\]]", "_", text)
-
-
-def _key(override: str) -> str:
-    return override.partition("=")[0].lstrip("+~")
-
-
-def _is_swept(override: str) -> bool:
-    _, _, value = override.partition("=")
-    outside_brackets = re.sub(r"\[[^\]]*\]", "", value)
-    return "," in outside_brackets or re.match(r"^\s*(range|choice|interval|glob|tag)\(", value) is not None
 
 
 MAX_PREFIX = 64
@@ -109,8 +100,8 @@ def sweep_name(*, _root_: Any = None) -> str:
     The swept keys are the command's and the sweeper's ``params``' (whole keys, the
     first few when they are many)."""
     overrides = sorted(command_overrides())
-    swept = [_key(o) for o in overrides if _is_swept(o)]
-    swept += sorted(k for k, v in sweeper_params(_root_).items() if _is_swept(f"{k}={v}") and k not in swept)
+    swept = swept_keys(overrides)
+    swept += sorted(k for k, v in sweeper_params(_root_).items() if is_swept(f"{k}={v}") and k not in swept)
     prefix, cut = _cut(swept, "+", MAX_PREFIX)
     prefix = f"{prefix}+more" if cut else prefix
     return f"{safe_name(prefix or 'sweep')}_{short_hash(json.dumps(overrides))}"
@@ -121,8 +112,8 @@ def job_name() -> str:
     A long name keeps whole ``key=value`` items and ends in a hash of all of them."""
     # keys the command sets to one value for every job (compared by key: Hydra writes
     # a job's values back normalised, e.g. `false` as `False`)
-    shared = {_key(o) for o in command_overrides() if not _is_swept(o)}
-    own = [o for o in HydraConfig.get().overrides.task if _key(o) not in shared and not _key(o).startswith("hydra")]
+    shared = {override_key(o) for o in command_overrides() if not is_swept(o)}
+    own = [o for o in HydraConfig.get().overrides.task if override_key(o) not in shared and not override_key(o).startswith("hydra")]
     if not own:
         return f"job{HydraConfig.get().job.num}"
     return job_folder_name(own)
