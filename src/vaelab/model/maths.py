@@ -8,8 +8,10 @@ per dimension, so ELBOs of runs with different sigma settings are comparable nat
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +122,16 @@ def bits_per_dim(nll_nats: Tensor, num_dims: int, levels: int | None) -> Tensor:
     """
     correction = num_dims * math.log(levels) if levels else 0.0
     return (nll_nats + correction) / (num_dims * math.log(2.0))
+
+
+def full_precision(x: Tensor) -> AbstractContextManager:
+    """A context without autocast on ``x``'s device: under mixed precision
+    (trainer.precision=bf16-mixed or 16-mixed) the networks run in 16 bits, but the
+    likelihood, the KL and everything summed from them stay in float32. (Nothing to
+    switch off when autocast is off: entering torch.autocast costs more than asking.)"""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def log_mean_exp(x: Tensor, dim: int) -> Tensor:

@@ -8,10 +8,10 @@ nats per image; the training loss is what the optimiser sees.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,61 +20,16 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from vaelab.exceptions import NonFiniteLossError
-from vaelab.model import maths
+from vaelab.model import importance, maths
 from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
+from vaelab.model.training_sigma import measure_train_mse
+from vaelab.model.training_sums import TrainingSums
 
 EVAL_STAGES = ("val", "test")
 #: how an evaluation metric is reduced over the set: extremes are the set's, not a mean
 #: of per-batch extremes (which would change with the evaluation batch size)
 EVAL_REDUCTIONS = {"sigma_min": MinMetric, "sigma_max": MaxMetric}
-#: training images the eval-mode sigma of sigma=optimal is measured on (a fixed subset:
-#: enough that its standard error is far below a nat, cheap beside an epoch)
-SIGMA_MEASUREMENT_IMAGES = 10_000
-
-
-class TrainingSums:
-    """The training loss and the ELBO's two terms, summed over images on the device.
-
-    One in-place add per step and no host sync: the step costs what the maths costs.
-    The window (since the last log) is read every ``log_every_n_steps`` and folded into
-    the epoch's sums, which are read at the end of the epoch.
-    """
-
-    NAMES = ("loss", "recon", "kl")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.window: Tensor | None = None
-        self.window_images = 0
-        self.epoch: Tensor | None = None
-        self.epoch_images = 0
-
-    def add(self, values: Tensor, images: int) -> None:
-        """``values``: the step's batch means of NAMES, detached."""
-        if self.window is None:
-            self.window = values * images
-        else:
-            self.window.add_(values, alpha=images)
-        self.window_images += images
-
-    def take_window(self) -> tuple[Tensor, int] | None:
-        """The window's sums and image count (None if empty), folded into the epoch's."""
-        if self.window is None:
-            return None
-        taken = (self.window, self.window_images)
-        self.epoch = self.window if self.epoch is None else self.epoch + self.window
-        self.epoch_images += self.window_images
-        self.window, self.window_images = None, 0
-        return taken
-
-    def take_epoch(self) -> tuple[Tensor, int] | None:
-        self.take_window()
-        taken = None if self.epoch is None else (self.epoch, self.epoch_images)
-        self.reset()
-        return taken
 
 
 class VAE(pl.LightningModule):
@@ -149,10 +104,10 @@ class VAE(pl.LightningModule):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Lightning records the running hook in ``_current_fx_name`` before and after
-        every hook it calls, 44 times a training step. nn.Module.__setattr__ first
-        checks a value against parameters, buffers and submodules: 1.8 us a call for
-        that plain string, against 0.27 us here (timeit, the 2-core CPU), ~0.07 ms of a
-        step, 1% of the MLP's step at batch 128. The fast path stores it as nn.Module would."""
+        every hook it calls, dozens of times a training step. nn.Module.__setattr__ first
+        checks every value against parameters, buffers and submodules, which is several
+        times slower for that plain string than this fast path, which stores it as
+        nn.Module would (BENCHMARKS.md, "Throughput": ``_current_fx_name``)."""
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
@@ -189,13 +144,8 @@ class VAE(pl.LightningModule):
         return self.decoder(z).float()
 
     def full_precision(self, x: Tensor) -> AbstractContextManager:
-        """A context without autocast on ``x``'s device: under mixed precision
-        (trainer.precision=bf16-mixed or 16-mixed) the networks run in 16 bits, but the
-        likelihood, the KL and everything summed from them stay in float32. (Nothing to
-        switch off when autocast is off: entering torch.autocast costs more than asking.)"""
-        if torch.is_autocast_enabled(x.device.type):
-            return torch.autocast(device_type=x.device.type, enabled=False)
-        return contextlib.nullcontext()
+        """Autocast off on ``x``'s device: the likelihood and KL in float32 (maths.full_precision)."""
+        return maths.full_precision(x)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """One-sample ELBO terms per example."""
@@ -381,59 +331,28 @@ class VAE(pl.LightningModule):
         return usage
 
     # -- sigma=optimal: eval-mode sigma from the training data ---------------------------
-    @torch.no_grad()
     def measure_sigma_on_training_data(self) -> None:
         """For a likelihood whose eval-mode sigma is a statistic of training data
-        (sigma=optimal), measure it with the current weights: the MSE of one-sample
-        reconstructions of (up to SIGMA_MEASUREMENT_IMAGES) training images, each DDP
-        process a share, summed across them. Runs before every validation and test, so
-        the sigma that scores a checkpoint is the one its weights have on training data
-        (a running average of training batches lags the weights and overstates it)."""
+        (sigma=optimal), measure it with the current weights on the trainer's training
+        images (vaelab.model.training_sigma); without them the saved value stays."""
         likelihood = self.likelihood
         if not getattr(likelihood, "measures_sigma_on_training_data", False) or self._trainer is None:
             return
         images = getattr(getattr(self.trainer, "datamodule", None), "train_images", None)
         if images is None or not len(images):
             return  # keeps the value saved with the weights
-        images = images[:SIGMA_MEASUREMENT_IMAGES]
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        shard = images[rank::world]
-        total = torch.zeros(self.image_shape, device=self.device)
-        chunk = max(1, 2**22 // self.num_dims)
-        for start in range(0, shard.shape[0], chunk):
-            x = likelihood.prepare(shard[start : start + chunk].to(self.device), self.levels)
-            mu, log_var = self.encode(x)
-            decoder_out = self.decode(maths.reparameterize(mu, log_var))
-            with self.full_precision(x):
-                total += likelihood.squared_error(decoder_out, x)
-        packed = torch.cat([total.flatten(), total.new_tensor([shard.shape[0]])])
-        if world > 1:
-            packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
-        likelihood.set_train_mse(packed[:-1].view(self.image_shape), int(packed[-1].item()))
+        trainer = self.trainer
+        reduce_sum = partial(trainer.strategy.reduce, reduce_op="sum")
+        measure_train_mse(self, images, self.levels, self.device, trainer.global_rank, trainer.world_size, reduce_sum)
 
-    # -- the importance-weighted bound -------------------------------------------------
+    # -- the importance-weighted bound (vaelab.model.importance) ------------------------
     def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
         """log p(x, z_k) - log q(z_k|x) for ``num_samples`` draws: shape (num_samples, B)."""
-        mu, log_var = self.encode(x)
-        eps = torch.randn((num_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * log_var) * eps
-        decoder_out = self.decode(z.flatten(0, 1))
-        with self.full_precision(x):
-            x_rep = x.unsqueeze(0).expand(num_samples, *x.shape).flatten(0, 1)
-            log_px = self.likelihood.log_prob(decoder_out, x_rep).view(num_samples, -1)
-            return log_px + maths.standard_normal_log_prob(z) - maths.diagonal_normal_log_prob(z, mu, log_var)
+        return importance.log_importance_weights(self, x, num_samples)
 
-    @torch.no_grad()
     def importance_weighted_log_likelihood(self, x: Tensor, num_samples: int) -> Tensor:
-        """The IWAE bound log (1/K) sum_k p(x, z_k)/q(z_k|x) per example (Burda et al., 2016).
-
-        Samples are drawn in chunks sized so that one chunk's decoder output has at
-        most ``iw_chunk_elements`` numbers, and combined with a running logsumexp,
-        so K = 5000 fits in memory for any batch size.
-        """
-        per_sample = x.shape[0] * self.num_dims * self.likelihood.params_per_channel
-        chunk = max(1, min(num_samples, self.iw_chunk_elements // max(1, per_sample)))
-        return maths.importance_weighted_bound(lambda k: self.log_importance_weights(x, k), num_samples, chunk)
+        """The IWAE bound per example, ``iw_chunk_elements`` decoder outputs at a time."""
+        return importance.importance_weighted_log_likelihood(self, x, num_samples, self.iw_chunk_elements)
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
