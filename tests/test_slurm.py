@@ -4,8 +4,8 @@ The cluster is the one-node SLURM of this machine that `.ci/slurm-cluster.sh` se
 (CI runs it before the tests). Where SLURM is not installed the tests are skipped
 and say so; where it is installed but not running, the fixture starts it (as root).
 The tests look only at the jobs they submitted (other jobs may share the queue).
-The fast tests at the end check vaelab.slurm's decisions on SLURM's own text, without
-a cluster.
+The fast tests at the end check vaelab.slurm_requests' decisions on SLURM's own
+text, without a cluster.
 """
 
 from __future__ import annotations
@@ -20,8 +20,23 @@ import pytest
 from conftest import read_metrics, run_cli
 from test_data import MNIST_STEMS, CountingServer, md5, write_mnist
 
-from vaelab import slurm
 from vaelab.exceptions import UserError
+from vaelab.slurm_requests import (
+    Node,
+    Partition,
+    Request,
+    SlurmRequestError,
+    gpu_count,
+    is_permanent,
+    megabytes,
+    message,
+    minutes,
+    never_starts,
+    parse_records,
+    reason_code,
+    shortfalls,
+)
+from vaelab.slurm_watch import PendingWatch, refusal, submitit_root
 
 CLUSTER_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "slurm-cluster.sh"
 # one CPU per job so that the 2-core CI machine runs two jobs at once
@@ -193,7 +208,7 @@ def test_a_request_no_node_can_hold_is_cancelled_and_stops_the_sweep_in_one_line
     assert ended - submitted < 60
 
 
-# -- vaelab.slurm's decisions, on SLURM's own text (no cluster needed) ----------------
+# -- vaelab.slurm_requests' decisions, on SLURM's own text (no cluster needed) -------
 NODE = ("NodeName=vm Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.44 AvailableFeatures=(null) "
         "ActiveFeatures=(null) Gres=(null) NodeAddr=127.0.0.1 NodeHostName=vm Version=22.05.8 OS=Linux 6.18.44-fc-v1045 "
         "#1 SMP PREEMPT_DYNAMIC @0  RealMemory=23081 AllocMem=0 FreeMem=22562 Sockets=2 Boards=1 State=IDLE "
@@ -213,32 +228,32 @@ def test_pending_reasons_that_never_clear_and_those_that_do():
     for reason in ("PartitionConfig", "PartitionTimeLimit", "BadConstraints",
                    "DependencyNeverSatisfied", "InvalidQOS", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob",
                    "QOSMaxWallDurationPerJobLimit", "QOSMaxGRESPerNode", "AssocMaxNodePerJobLimit", "QOSMinCpuNotSatisfied"):
-        assert slurm.is_permanent(reason), reason
+        assert is_permanent(reason), reason
     for reason in ("Resources", "Priority", "JobArrayTaskLimit", "Dependency", "BeginTime", "None", "Reservation",
                    "QOSMaxJobsPerUserLimit", "QOSMaxCpuPerUserLimit", "QOSMaxSubmitJobPerUserLimit", "AssocMaxJobsLimit",
                    "AssocGrpCpuLimit", "QOSGrpGRES", "PartitionDown", "NodeDown", "JobHeldUser",
                    "ReqNodeNotAvail, UnavailableNodes:vm", "PartitionNodeLimit"):
-        assert not slurm.is_permanent(reason), reason
+        assert not is_permanent(reason), reason
     # these also stand for nodes that are down, drained or reserved: permanent only when
     # the partition's nodes could never hold the job
-    partition = slurm.Partition.from_records(slurm.parse_records(PARTITION)[0], slurm.parse_records(NODE))
+    partition = Partition.from_records(parse_records(PARTITION)[0], parse_records(NODE))
     for reason in ("ReqNodeNotAvail, UnavailableNodes:vm", "PartitionNodeLimit"):
-        assert not slurm.never_starts(reason, slurm.Request("debug", cpus_per_node=2), partition)  # vm comes back
-        assert slurm.never_starts(reason, slurm.Request("debug", cpus_per_node=3), partition)
-        assert slurm.never_starts(reason, slurm.Request("debug", nodes=2), partition)
-    assert slurm.never_starts("PartitionConfig", None, None) and not slurm.never_starts("Resources", None, None)
+        assert not never_starts(reason, Request("debug", cpus_per_node=2), partition)  # vm comes back
+        assert never_starts(reason, Request("debug", cpus_per_node=3), partition)
+        assert never_starts(reason, Request("debug", nodes=2), partition)
+    assert never_starts("PartitionConfig", None, None) and not never_starts("Resources", None, None)
 
 
 def test_request_and_offer_read_from_scontrol_and_the_one_line_message():
-    (job,) = slurm.parse_records(PENDING_JOB)
+    (job,) = parse_records(PENDING_JOB)
     assert job["CPUs/Task"] == "64" and job["Command"] == "/tmp/j.sh"
-    request = slurm.Request.from_job(job)
-    assert request == slurm.Request("debug", nodes=1, cpus_per_node=64, memory_mb_per_node=2048, gpus_per_node=0, time_min=240)
-    (node,) = slurm.parse_records(NODE)
+    request = Request.from_job(job)
+    assert request == Request("debug", nodes=1, cpus_per_node=64, memory_mb_per_node=2048, gpus_per_node=0, time_min=240)
+    (node,) = parse_records(NODE)
     assert node["OS"] == "Linux 6.18.44-fc-v1045 #1 SMP PREEMPT_DYNAMIC @0" and node["RealMemory"] == "23081"
-    partition = slurm.Partition.from_records(slurm.parse_records(PARTITION)[0], slurm.parse_records(NODE + "\n" + GPU_NODE))
-    assert partition.nodes == (slurm.Node("vm", 2, 23081, 0),) and partition.max_time_min is None and partition.default
-    text = slurm.message(request, partition, job_id="39", tasks=3, reason="PartitionConfig")
+    partition = Partition.from_records(parse_records(PARTITION)[0], parse_records(NODE + "\n" + GPU_NODE))
+    assert partition.nodes == (Node("vm", 2, 23081, 0),) and partition.max_time_min is None and partition.default
+    text = message(request, partition, job_id="39", tasks=3, reason="PartitionConfig")
     assert text == (
         "SLURM can never start job array 39 of this sweep (3 jobs pending with reason PartitionConfig): each asks for "
         "64 CPUs per node (nodes here have at most 2); partition debug has 1 node with 2 CPUs, 22.5 GB memory, no GPU, "
@@ -247,44 +262,44 @@ def test_request_and_offer_read_from_scontrol_and_the_one_line_message():
     )
     assert "\n" not in text
     # memory, GPUs, nodes and time, each named with its setting
-    gpu = slurm.Partition("gpu", (slurm.Node.from_record(slurm.parse_records(GPU_NODE)[0]),), max_time_min=2880)
-    assert gpu.nodes[0] == slurm.Node("g1", 32, 256000, 4)
-    big = slurm.Request("gpu", nodes=2, cpus_per_node=8, memory_mb_per_node=512 * 1024, gpus_per_node=8, time_min=4320)
-    found = dict(slurm.shortfalls(big, gpu))
+    gpu = Partition("gpu", (Node.from_record(parse_records(GPU_NODE)[0]),), max_time_min=2880)
+    assert gpu.nodes[0] == Node("g1", 32, 256000, 4)
+    big = Request("gpu", nodes=2, cpus_per_node=8, memory_mb_per_node=512 * 1024, gpus_per_node=8, time_min=4320)
+    found = dict(shortfalls(big, gpu))
     assert set(found) == {"memory", "gpus", "time"}
     assert found["memory"] == "512 GB memory per node (nodes here have at most 250 GB)"
     assert found["gpus"] == "8 GPUs per node (nodes here have at most 4)"
     assert found["time"] == "a time limit of 4320 min (the partition allows at most 2880)"
-    assert dict(slurm.shortfalls(slurm.Request("gpu", nodes=2, gpus_per_node=4), gpu)) == {
+    assert dict(shortfalls(Request("gpu", nodes=2, gpus_per_node=4), gpu)) == {
         "nodes": "2 nodes (the partition has 1 that could run it)"}
-    assert slurm.shortfalls(slurm.Request("gpu", nodes=1, cpus_per_node=32, gpus_per_node=4, time_min=60), gpu) == []
+    assert shortfalls(Request("gpu", nodes=1, cpus_per_node=32, gpus_per_node=4, time_min=60), gpu) == []
 
 
 def test_units_of_scontrol_fields():
-    assert [slurm.megabytes(t) for t in ("2000M", "16G", "1T", "23081", "512K", "UNLIMITED", None)] == [
+    assert [megabytes(t) for t in ("2000M", "16G", "1T", "23081", "512K", "UNLIMITED", None)] == [
         2000, 16384, 1048576, 23081, 0.5, None, None]
-    assert [slurm.minutes(t) for t in ("04:00:00", "1-00:00:00", "2-12", "30:00", "90", "UNLIMITED", "Partition_Limit")] == [
+    assert [minutes(t) for t in ("04:00:00", "1-00:00:00", "2-12", "30:00", "90", "UNLIMITED", "Partition_Limit")] == [
         240, 1440, 3600, 30, 90, None, None]
-    assert [slurm.gpu_count(t) for t in ("gpu:2", "gpu:a100:4(S:0-1)", "gres:gpu:1", "gres/gpu=2", "(null)", "gpu:a100:2,gpu:v100:1")] == [
+    assert [gpu_count(t) for t in ("gpu:2", "gpu:a100:4(S:0-1)", "gres:gpu:1", "gres/gpu=2", "(null)", "gpu:a100:2,gpu:v100:1")] == [
         2, 4, 1, 2, 0, 3]
-    assert slurm.reason_code("ReqNodeNotAvail, UnavailableNodes:vm") == "ReqNodeNotAvail"
+    assert reason_code("ReqNodeNotAvail, UnavailableNodes:vm") == "ReqNodeNotAvail"
 
 
 def test_sbatch_refusal_and_launcher_settings_make_the_same_kind_of_line():
-    request = slurm.Request.from_launcher({"partition": None, "nodes": 1, "tasks_per_node": 2, "cpus_per_task": 2,
+    request = Request.from_launcher({"partition": None, "nodes": 1, "tasks_per_node": 2, "cpus_per_task": 2,
                                            "mem_gb": 64, "gpus_per_node": None, "timeout_min": 240})
-    assert request == slurm.Request(None, 1, 4, 65536.0, 0, 240.0)
-    partition = slurm.Partition.from_records(slurm.parse_records(PARTITION)[0], slurm.parse_records(NODE))
-    text = slurm.message(request, partition, refused="Memory specification can not be satisfied")
+    assert request == Request(None, 1, 4, 65536.0, 0, 240.0)
+    partition = Partition.from_records(parse_records(PARTITION)[0], parse_records(NODE))
+    text = message(request, partition, refused="Memory specification can not be satisfied")
     assert text.startswith("sbatch refused this sweep's jobs (Memory specification can not be satisfied): each asks "
                            "for 4 CPUs per node (nodes here have at most 2) and 64 GB memory per node")
     assert text.endswith("Lower hydra.launcher.cpus_per_task (x tasks_per_node), hydra.launcher.mem_gb or choose "
                          "another hydra.launcher.partition")
-    gone = slurm.Request("gpu")
-    assert slurm.message(gone, None, refused="invalid partition specified: gpu", partitions=["debug"]).endswith(
+    gone = Request("gpu")
+    assert message(gone, None, refused="invalid partition specified: gpu", partitions=["debug"]).endswith(
         "partition gpu does not exist here (partitions: debug). Set hydra.launcher.partition to one of them")
-    assert slurm.refusal(RuntimeError("Job (task=0) failed during processing"), {}) is None
-    assert issubclass(slurm.SlurmRequestError, UserError)  # reported as one line, exit code 2
+    assert refusal(RuntimeError("Job (task=0) failed during processing"), {}) is None
+    assert issubclass(SlurmRequestError, UserError)  # reported as one line, exit code 2
 
 
 def test_the_watch_sees_only_jobs_submitted_after_it_began(tmp_path):
@@ -293,7 +308,7 @@ def test_the_watch_sees_only_jobs_submitted_after_it_began(tmp_path):
     old = root / "12" / "12_submission.sh"
     old.write_text("#!/bin/bash\n")
     (root / "12_0").mkdir()
-    watch = slurm.PendingWatch(root / "%j")
+    watch = PendingWatch(root / "%j")
     assert watch.root == root and watch.job_ids() == []
     (root / "15").mkdir()
     (root / "15" / "15_submission.sh").write_text("#!/bin/bash\n")
@@ -301,4 +316,4 @@ def test_the_watch_sees_only_jobs_submitted_after_it_began(tmp_path):
     assert watch.job_ids() == ["15"]
     os.utime(old, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns + 10**9))  # job id 12 again (a new cluster)
     assert watch.job_ids() == ["15", "12"]
-    assert slurm.submitit_root("/a/b/.submitit/%j") == Path("/a/b/.submitit")
+    assert submitit_root("/a/b/.submitit/%j") == Path("/a/b/.submitit")

@@ -3,9 +3,9 @@
 ``conf/hydra/launcher/slurm.yaml`` names :class:`VaelabSlurmLauncher` as its
 ``_target_`` (Hydra takes launchers from the ``hydra_plugins`` package only, hence
 this module). It launches exactly as the plugin does, in a worker thread, while the
-calling thread watches the jobs it submitted (:class:`vaelab.slurm.PendingWatch`):
+calling thread watches the jobs it submitted (:class:`vaelab.slurm_watch.PendingWatch`):
 a job pending for a reason that never clears is cancelled and the sweep stops with
-a one-line :class:`vaelab.slurm.SlurmRequestError`; so does a submission that
+a one-line :class:`vaelab.slurm_requests.SlurmRequestError`; so does a submission that
 sbatch refuses. The worker thread, left waiting for results that will never come,
 is a daemon and ends with the process.
 """
@@ -23,9 +23,9 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 class VaelabSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here, not with the module: Hydra imports every plugin at start-up
-        from vaelab import slurm
+        from vaelab import slurm_watch
 
-        watch = slurm.PendingWatch(self.params["submitit_folder"])
+        watch = slurm_watch.PendingWatch(self.params["submitit_folder"])
         outcome: dict[str, Any] = {}
 
         def submit_and_wait() -> None:
@@ -36,7 +36,7 @@ class VaelabSlurmLauncher(SlurmLauncher):
 
         worker = threading.Thread(target=submit_and_wait, name="submitit-launch", daemon=True)
         worker.start()
-        for wait_s in slurm.poll_intervals():
+        for wait_s in slurm_watch.poll_intervals():
             worker.join(wait_s)
             if not worker.is_alive():
                 break
@@ -44,5 +44,5 @@ class VaelabSlurmLauncher(SlurmLauncher):
             if error is not None:
                 raise error
         if "error" in outcome:
-            raise slurm.refusal(outcome["error"], self.params) or outcome["error"]
+            raise slurm_watch.refusal(outcome["error"], self.params) or outcome["error"]
         return outcome["returns"]

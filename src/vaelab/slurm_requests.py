@@ -1,31 +1,28 @@
-"""SLURM jobs that can never start: find them, cancel them, and say why in one line.
+"""Why a SLURM job can never start, read from SLURM's own text.
 
 A job that asks for more than any node of its partition has (64 CPUs of a 2-CPU
 node, more memory or GPUs than a node holds, a longer time limit than the
 partition allows) is accepted by ``sbatch`` and then pends for ever, with a reason
-such as ``PartitionConfig``; Hydra's submitit launcher would wait for it silently.
-``vaelab-train -m hydra/launcher=slurm`` instead watches the jobs it submitted
-(:class:`PendingWatch`, driven by the launcher in
-``hydra_plugins.vaelab_slurm_launcher``): a job pending for a reason that never
-clears is cancelled and the sweep stops with :class:`SlurmRequestError`, whose
-message names what was asked for and what the partition's nodes offer. Reasons
-that clear with time (``Resources``, ``Priority``, ``JobArrayTaskLimit``,
-``Dependency``, ``BeginTime``, per-user limits, ...) are left alone. A request
-that ``sbatch`` refuses outright is reported the same way.
+such as ``PartitionConfig``. This module holds what decides that: which pending
+reasons are permanent, what a job asks for (:class:`Request`, from ``scontrol show
+job`` or from the launcher's settings), what a partition offers (:class:`Partition`
+and its :class:`Node` s, from ``scontrol show partition``/``node``), what it can
+never give, and the one-line message (:class:`SlurmRequestError`) that names what
+was asked for, what the nodes offer and which setting to change. Reasons that clear
+with time (``Resources``, ``Priority``, ``JobArrayTaskLimit``, ``Dependency``,
+``BeginTime``, per-user limits, ...) are not permanent.
 
-Everything that decides (which reasons are permanent, what a request needs, what
-a partition offers, the message) is a plain function of ``scontrol``/``squeue``
-text, so the tests call it without a cluster.
+Everything here is a plain function of ``scontrol``/``squeue`` text: the tests call
+it without a cluster. :mod:`vaelab.slurm_watch` runs the commands and watches a
+launch's jobs.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vaelab.exceptions import ConfigError
@@ -328,148 +325,3 @@ def describe_request(request: Request) -> str:
     listed = ", ".join(each[:-1]) + " and " + each[-1] if len(each) > 1 else each[0]
     text = f"{request.nodes} node(s) with {listed} each"
     return text + (f", for {request.time_min:g} min" if request.time_min is not None else "")
-
-
-# -- talking to the cluster ---------------------------------------------------------
-def _call(*command: str) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def _run(*command: str) -> str | None:
-    """A SLURM command's output; None when it failed (SLURM busy, not reachable)."""
-    proc = _call(*command)
-    return proc.stdout if proc is not None and proc.returncode == 0 else None
-
-
-def queue(job_id: str) -> list[tuple[str, str, str]] | None:
-    """``(task id, state, reason)`` of each task of a job still in the queue ([] when
-    it has left it); None when squeue failed."""
-    proc = _call("squeue", "--noheader", "--array", f"--jobs={job_id}", "--format=%i|%T|%r")
-    if proc is None or proc.returncode != 0:
-        # a job SLURM has forgotten (MinJobAge after it ended) is an "invalid job id"
-        return [] if proc is not None and "Invalid job id" in proc.stderr else None
-    return [tuple(line.split("|", 2)) for line in proc.stdout.splitlines() if line.count("|") >= 2]  # type: ignore[misc]
-
-
-def partition_of(name: str | None) -> Partition | None:
-    """The named partition (the default one for None) with its nodes, or None if unknown."""
-    partitions = parse_records(_run("scontrol", "show", "partition", "--oneliner") or "")
-    nodes = parse_records(_run("scontrol", "show", "node", "--oneliner") or "")
-    for record in partitions:
-        if (name is None and record.get("Default", "").upper() == "YES") or record.get("PartitionName") == name:
-            return Partition.from_records(record, nodes)
-    return None
-
-
-def job_request(job_id: str) -> Request | None:
-    records = parse_records(_run("scontrol", "show", "job", "--oneliner", job_id) or "")
-    return Request.from_job(records[0]) if records else None
-
-
-def cancel(job_ids: Iterable[str]) -> None:
-    ids = list(job_ids)
-    if ids:
-        _run("scancel", *ids)
-
-
-def refusal(error: BaseException, params: Mapping[str, Any]) -> SlurmRequestError | None:
-    """The one-line error for a submission that sbatch refused (submitit raises its
-    stderr), else None."""
-    text = str(error)
-    if not text.lstrip().startswith("sbatch: error"):
-        return None
-    why = "; ".join(line.removeprefix("sbatch: error: ").strip() for line in text.splitlines() if line.startswith("sbatch: error"))
-    request = Request.from_launcher(params)
-    partitions = parse_records(_run("scontrol", "show", "partition", "--oneliner") or "")
-    return SlurmRequestError(message(request, partition_of(request.partition), refused=why,
-                                     partitions=[p.get("PartitionName", "?") for p in partitions]))
-
-
-def poll_intervals() -> Iterator[float]:
-    """Seconds between looks at the queue: often while a job is new (SLURM sets a
-    never-clearing reason at submission or at its first scheduling pass), then rarely."""
-    yield from (1, 1, 1, 2, 2, 3, 5, 5, 10, 10, 10, 10)
-    while True:
-        yield 30
-
-
-# -- watching one launch ------------------------------------------------------------
-_SUBMISSION = re.compile(r"^(\d+)_submission\.sh$")
-#: states of a job that has left the queue or got past it: nothing more to watch
-_STARTED = {"RUNNING", "COMPLETING", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "SUSPENDED", "OUT_OF_MEMORY"}
-
-
-def submitit_root(folder: str | Path) -> Path:
-    """The folder under which submitit writes a sweep's job folders (the part of
-    ``hydra.launcher.submitit_folder`` before its first ``%`` placeholder)."""
-    parts = Path(folder).parts
-    for i, part in enumerate(parts):
-        if "%" in part:
-            return Path(*parts[:i])
-    return Path(folder)
-
-
-def submission_files(root: Path) -> dict[Path, int]:
-    """submitit's ``<job id>_submission.sh`` files under ``root`` (one per sbatch
-    call: a job or a whole job array), with their modification times."""
-    found: dict[Path, int] = {}
-    for pattern in ("*_submission.sh", "*/*_submission.sh"):
-        for path in root.glob(pattern):
-            if _SUBMISSION.match(path.name):
-                try:
-                    found[path] = path.stat().st_mtime_ns
-                except FileNotFoundError:
-                    continue
-    return found
-
-
-class PendingWatch:
-    """The jobs one launch submits (found by their submission files, new or rewritten
-    since the watch began), checked for pending reasons that never clear."""
-
-    def __init__(self, submitit_folder: str | Path) -> None:
-        self.root = submitit_root(submitit_folder)
-        self.before = submission_files(self.root) if self.root.is_dir() else {}
-        self.watching: list[str] = []
-        self.done: set[str] = set()
-
-    def job_ids(self) -> list[str]:
-        """Ids of the jobs (or job arrays) submitted since the watch began."""
-        for path, mtime in submission_files(self.root).items() if self.root.is_dir() else ():
-            if self.before.get(path) != mtime:
-                job_id = _SUBMISSION.match(path.name).group(1)  # type: ignore[union-attr]
-                if job_id not in self.watching:
-                    self.watching.append(job_id)
-        return list(self.watching)
-
-    def check(self) -> SlurmRequestError | None:
-        """Look at the queue once; cancel jobs that can never start and return the
-        error that says why (None while all is well)."""
-        for job_id in self.job_ids():
-            if job_id in self.done:
-                continue
-            tasks = queue(job_id)
-            if tasks is None:
-                continue  # squeue failed this time; look again later
-            if not tasks or any(state in _STARTED for _, state, _ in tasks):
-                self.done.add(job_id)  # it ran (so it fits), or it left the queue
-                continue
-            pending = [(task, reason) for task, state, reason in tasks if state == "PENDING"]
-            if not pending:
-                continue
-            reason = next((r for _, r in pending if is_permanent(r) or reason_code(r) in IF_NO_NODE_FITS), None)
-            if reason is None:
-                continue
-            request = job_request(job_id)
-            partition = partition_of(request.partition) if request is not None else None
-            if not never_starts(reason, request, partition):
-                continue
-            cancel([job_id])
-            self.done.add(job_id)
-            return SlurmRequestError(message(request or Request(None), partition, job_id=job_id, tasks=len(tasks),
-                                             reason=reason))
-        return None
-
