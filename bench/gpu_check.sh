@@ -52,7 +52,7 @@ for run in "b128:data.batch_size=128" "b512:data.batch_size=512" "b512_compiled:
   "$PYTHON" -m vaelab.train data=mnist "data.root=$MNIST" data.download=false "$trainer" ${run#*:} \
     "trainer.max_epochs=$EPOCHS" trainer.enable_progress_bar=false test=false \
     "callbacks.image_grids.every_n_epochs=0" \
-    '+callbacks.timings._target_=vaelab.callbacks.Timings' "+callbacks.timings.dirpath=$RUNS/$name" \
+    '+callbacks.timings._target_=vaelab.timings.Timings' "+callbacks.timings.dirpath=$RUNS/$name" \
     "hydra.run.dir=$RUNS/$name" > "$RUNS/$name.log" 2>&1 || { tail -40 "$RUNS/$name.log"; exit 1; }
   "$PYTHON" - "$RUNS/$name/timings.json" "$OUT/epochs_$name.json" "$name" <<'EOF'
 import json, sys

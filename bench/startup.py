@@ -2,7 +2,7 @@
 the peak memory of an MNIST run.
 
 1. Start-up: the wall time from launching ``vaelab-train`` to its first training step.
-   The run gets one extra callback, ``vaelab.callbacks.Timings``, which prints the
+   The run gets one extra callback, ``vaelab.timings.Timings``, which prints the
    first step's wall-clock time as a line (``vaelab: first training step at <t>``) and
    writes ``timings.json`` into the run folder; the bench subtracts the time it
    launched the command. Measured ``--repeats`` times for the default command (MLP on
@@ -39,7 +39,7 @@ from datetime import date
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-TIMINGS = ["+callbacks.timings._target_=vaelab.callbacks.Timings", "+callbacks.timings.dirpath=${paths.output_dir}"]
+TIMINGS = ["+callbacks.timings._target_=vaelab.timings.Timings", "+callbacks.timings.dirpath=${paths.output_dir}"]
 HEAVY = ("wandb", "matplotlib", "optuna", "sklearn", "scipy", "tensorboard", "pandas", "PIL", "torch._dynamo", "torchvision")
 
 

@@ -22,7 +22,8 @@ from test_compare import make_job
 from test_configs import composed
 
 from vaelab import compare
-from vaelab.callbacks import ImageGrids, make_grid, sigma_map_figure
+from vaelab.image_grids import ImageGrids
+from vaelab.panels import make_grid, sigma_map_figure
 from vaelab.train import build_model
 
 

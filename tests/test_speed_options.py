@@ -243,7 +243,7 @@ def test_the_data_module_holds_uint8_tensors_on_the_trainers_device():
 # -- imports -------------------------------------------------------------------------------------
 def test_heavy_optional_packages_load_only_when_used():
     code = (
-        "import sys, vaelab.train, vaelab.evaluate, vaelab.callbacks, vaelab.model.vae; "
+        "import sys, vaelab.train, vaelab.evaluate, vaelab.image_grids, vaelab.panels, vaelab.progress, vaelab.timings, vaelab.model.vae; "
         "print(sorted(m for m in ('wandb', 'optuna', 'tensorboard', 'tensorboardX') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -251,7 +251,7 @@ def test_heavy_optional_packages_load_only_when_used():
 
 
 def test_the_progress_bar_factory_switches_off(tmp_path):
-    from vaelab.callbacks import RichProgressBar, progress_bar
+    from vaelab.progress import RichProgressBar, progress_bar
     from vaelab.config import instantiate_dict
 
     assert progress_bar(enabled=False) is None
@@ -268,7 +268,7 @@ def test_the_progress_bar_factory_switches_off(tmp_path):
 
 def test_the_rich_bar_updates_the_training_bar_at_its_refresh_rate(tmp_path, monkeypatch):
     """Between updates the bar does nothing per batch; it is exact at each epoch's end."""
-    from vaelab.callbacks import RichProgressBar
+    from vaelab.progress import RichProgressBar
 
     bar = RichProgressBar(refresh_rate=4)  # an update every 0.25 s: every third batch
     ticks = iter(range(10**6))
@@ -321,7 +321,7 @@ def test_the_hook_name_fast_path_leaves_module_attributes_alone(tmp_path):
 
 
 def test_timings_callback_marks_the_first_step_and_writes_its_file(tmp_path, capsys):
-    from vaelab.callbacks import Timings
+    from vaelab.timings import Timings
 
     timings = Timings(dirpath=str(tmp_path / "run"))
     train_steps(tmp_path, steps=4, callbacks=[timings])
@@ -334,7 +334,7 @@ def test_timings_callback_marks_the_first_step_and_writes_its_file(tmp_path, cap
 
 
 def test_timings_callback_times_each_epoch_without_its_validation(tmp_path):
-    from vaelab.callbacks import Timings
+    from vaelab.timings import Timings
 
     skipped = {"s": 0.0}  # seconds the fake clock has been moved on by validations
 

@@ -46,11 +46,23 @@ def use_offline_wandb_without_key(cfg: DictConfig) -> None:
     )
 
 
+def has_started_run(logger: _LightningWandbLogger) -> bool:
+    """Whether ``logger`` has started (or been given) its W&B run, without starting one.
+
+    Lightning's public accessors do not say: ``logger.experiment`` starts a run when
+    there is none (the job's run would then be started only to be finished), and
+    ``logger.version`` falls back to the id given to the constructor. ``wandb.run`` is
+    the process's current run, which need not be this logger's. So this reads the
+    logger's private ``_experiment`` (Lightning 2.6), and is the one place in vaelab
+    that does."""
+    return getattr(logger, "_experiment", None) is not None
+
+
 def finish_experiment_trackers(trainer: pl.Trainer, metrics: dict[str, Any] | None) -> None:
     """End each job's W&B run (failed when ``metrics`` is None), with the final test
     numbers in its summary, so the next job in the same process starts a run of its own."""
     for logger in trainer.loggers:
-        if isinstance(logger, _LightningWandbLogger) and getattr(logger, "_experiment", None) is not None:
+        if isinstance(logger, _LightningWandbLogger) and has_started_run(logger):
             if metrics is not None:
                 logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, float)})
             logger.experiment.finish(exit_code=0 if metrics is not None else 1)
