@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from throughput import HandLoop, Interleave, compose_config, mnist_present
 
 from vaelab.config import instantiate_dict
-from vaelab.train import build_model, load_data_now
+from vaelab.build import build_model, load_data_now
 
 TINY = ["model.encoder.hidden=[8]", "model.latent_dim=2", "model.test_iw_samples=0"]
 

@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.config import config_dir, instantiate_dict
 from vaelab.model import maths
-from vaelab.train import build_model, load_data_now
+from vaelab.build import build_model, load_data_now
 
 # steps per timed segment, segments per round (per Lightning run)
 PLAN = {

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from vaelab.config import config_dir, instantiate_dict
-from vaelab.train import build_model
+from vaelab.build import build_model
 
 CONF = Path(config_dir())
 

@@ -24,7 +24,7 @@ from test_configs import composed
 from vaelab import compare
 from vaelab.image_grids import ImageGrids
 from vaelab.panels import make_grid, sigma_map_figure
-from vaelab.train import build_model
+from vaelab.build import build_model
 
 
 def find(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ from test_sweeps import assert_sweep_reported
 from vaelab.compare import load_sweep
 from vaelab.compare.records import swept_keys
 from vaelab.exceptions import ConfigError
-from vaelab.train import metric_for_sweeper
+from vaelab.optimized_metric import metric_for_sweeper
 
 QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
 

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from test_configs import composed
 
 from vaelab.errors import NonFiniteLossError
-from vaelab.train import build_model
+from vaelab.build import build_model
 
 
 def digest(path) -> str:

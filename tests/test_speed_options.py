@@ -23,7 +23,7 @@ from vaelab.data import ImageDataModule
 from vaelab.data.sources import Digits
 from vaelab.model import maths
 from vaelab.schema import ConfigError, validate
-from vaelab.train import build_model
+from vaelab.build import build_model
 
 
 class Record(pl.Callback):

@@ -18,7 +18,7 @@ from test_configs import composed
 from vaelab.model.collapse import ACTIVE_UNIT_THRESHOLD, is_collapsed
 from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from vaelab.train import build_model
+from vaelab.build import build_model
 
 
 def fitted(tmp_path, *overrides: str, epochs: int = 3, eval_batch_size: int | None = None):

@@ -5,7 +5,7 @@ Lightning's ``ddp`` strategy starts ranks 1..N-1 by re-running the command line
 sweep in every extra rank, into folders of their own (Lightning issue 11300).
 
 :class:`JobDDPStrategy` is Lightning's DDP strategy with one change: its launcher
-starts the extra ranks as ``python -m vaelab.ddp``, handing them the job's fully
+starts the extra ranks as ``python -m vaelab.ddp_rank``, handing them the job's fully
 resolved config (the overrides Hydra chose for this job, its folder, its checkpoint
 to resume from, its devices) in an environment variable. The extra ranks do not run
 Hydra at all: they cannot launch a sweep, write a Hydra folder, or report a value to a
@@ -50,7 +50,7 @@ def is_extra_rank() -> bool:
 
 
 class JobScriptLauncher(_SubprocessScriptLauncher):
-    """Starts ranks 1..N-1 of this node as ``python -m vaelab.ddp`` with the job's config.
+    """Starts ranks 1..N-1 of this node as ``python -m vaelab.ddp_rank`` with the job's config.
 
     Unlike Lightning's launcher it does not watch the children from a thread that
     kills the main process when one fails (in a sweep that would end every other job
@@ -88,7 +88,7 @@ class JobScriptLauncher(_SubprocessScriptLauncher):
             os.environ["OMP_NUM_THREADS"] = str(threads)
         for local_rank in range(1, self.num_processes):
             child_env = {**os.environ, "LOCAL_RANK": str(local_rank), JOB_CONFIG_ENV: json.dumps(job_config)}
-            command = [sys.executable, "-m", "vaelab.ddp"]
+            command = [sys.executable, "-m", "vaelab.ddp_rank"]
             self.procs.append(subprocess.Popen(command, env=child_env))
         log.info("Started %d extra DDP process(es) for this job: pids %s", len(self.procs), [p.pid for p in self.procs])
 
@@ -163,20 +163,3 @@ def end_children(procs: list[subprocess.Popen], kill: bool, timeout_s: float = 1
             log.warning("DDP rank process %d did not exit within %.0f s; killing it", proc.pid, timeout_s)
             proc.kill()
             proc.wait()
-
-
-def main() -> None:
-    """``python -m vaelab.ddp``: one extra rank of a job, started by :class:`JobScriptLauncher`."""
-    from omegaconf import OmegaConf
-
-    from vaelab.console import quiet_library_noise
-    from vaelab.train import train
-
-    quiet_library_noise()
-    logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('LOCAL_RANK', '?')}] %(message)s")
-    cfg = OmegaConf.create(json.loads(os.environ[JOB_CONFIG_ENV]))
-    train(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,8 @@ from vaelab.checkpoints import check_weights_fit, read_checkpoint
 from vaelab.config import config_dir
 from vaelab.errors import report_user_errors, run_cli
 from vaelab.exceptions import ConfigError
-from vaelab.train import build_model, scalar_metrics
+from vaelab.build import build_model
+from vaelab.run_record import scalar_metrics
 
 log = logging.getLogger("vaelab.evaluate")
 
