@@ -16,8 +16,10 @@ from __future__ import annotations
 import torch
 
 from vaelab.exceptions import ConfigError
+from vaelab.schema import Binarize, choices
 
-BINARIZE_MODES = (None, "none", "dynamic", "static", "threshold")
+#: the likelihood's choices (vaelab.schema.Binarize), and None for data not binarised
+BINARIZE_MODES = (None, *choices(Binarize))
 _CHUNK = 4096  # images per random draw: bounds the float32 temporary
 
 

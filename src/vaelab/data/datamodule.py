@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 
 from vaelab.exceptions import ConfigError
+from vaelab.schema import DataSchema, check_range
 
 from .arrays import ImageArrays
 from .batches import TensorBatches
@@ -84,20 +85,20 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(
         self,
         source: Source | Callable[..., Source],
-        root: str | None = None,
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        binarize: str | None = None,
-        data_on_device: bool = True,
+        root: str | None = DataSchema.root,
+        download: bool = DataSchema.download,
+        batch_size: int = DataSchema.batch_size,
+        eval_batch_size: int | None = DataSchema.eval_batch_size,
+        val_fraction: float = DataSchema.val_fraction,
+        seed: int = DataSchema.seed,
+        binarize: str | None = DataSchema.binarize,
+        data_on_device: bool = DataSchema.data_on_device,
     ) -> None:
+        """Defaults and ranges are vaelab.schema's (DataSchema, RANGES)."""
         super().__init__()
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ConfigError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_range("data.batch_size", batch_size)
+        check_range("data.eval_batch_size", eval_batch_size)
+        check_range("data.val_fraction", val_fraction)
         self.source = complete_source(source, root, download)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)

@@ -10,25 +10,28 @@ whatever its mode, so that sigma is one config switch.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from vaelab.exceptions import ConfigError
 from vaelab.model import maths
+from vaelab.schema import (
+    BernoulliLikelihoodSchema,
+    Binarize,
+    GaussianLikelihoodSchema,
+    OptimalShape,
+    SigmaMode,
+    check_choice,
+    check_range,
+    choices,
+    log_sigma_bounds_error,
+)
 
-SIGMA_MODES = ("fixed", "learned_shared", "learned_pixel", "predicted", "optimal")
-OPTIMAL_SHAPES = ("shared", "pixel")
-BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
-
-
-def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
-    """``value`` as a plain string (configs pass enum members), if it is allowed."""
-    value = getattr(value, "value", value)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-    return str(value)
+# The choices, defaults and ranges of the likelihoods' arguments are vaelab.schema's.
+SIGMA_MODES = choices(SigmaMode)
+OPTIMAL_SHAPES = choices(OptimalShape)
+BINARIZE_MODES = choices(Binarize)
 
 
 class Likelihood(nn.Module):
@@ -97,9 +100,9 @@ class BernoulliLikelihood(Likelihood):
     # trains as well as PyTorch's (BENCHMARKS.md, "Where training starts")
     init_output_bias_by_default = True
 
-    def __init__(self, image_shape: tuple[int, int, int], binarize: str = "dynamic"):
+    def __init__(self, image_shape: tuple[int, int, int], binarize: Binarize | str = BernoulliLikelihoodSchema.binarize):
         super().__init__(image_shape)
-        self.binarize = _check_choice("likelihood.binarize", binarize, BINARIZE_MODES)
+        self.binarize = check_choice("likelihood.binarize", binarize, Binarize)
 
     def prepare(self, images: Tensor, levels: int) -> Tensor:
         x = images.float() / (levels - 1)
@@ -143,21 +146,21 @@ class GaussianLikelihood(Likelihood):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
-        sigma: str = "learned_shared",
-        sigma_value: float = 0.1,
-        sigma_init: float = 0.1,
-        log_sigma_min: float = -6.0,
-        log_sigma_max: float = 2.0,
-        optimal_shape: Literal["shared", "pixel"] = "shared",
-        dequantize: bool = True,
+        sigma: SigmaMode | str = GaussianLikelihoodSchema.sigma,
+        sigma_value: float = GaussianLikelihoodSchema.sigma_value,
+        sigma_init: float = GaussianLikelihoodSchema.sigma_init,
+        log_sigma_min: float = GaussianLikelihoodSchema.log_sigma_min,
+        log_sigma_max: float = GaussianLikelihoodSchema.log_sigma_max,
+        optimal_shape: OptimalShape | str = GaussianLikelihoodSchema.optimal_shape,
+        dequantize: bool = GaussianLikelihoodSchema.dequantize,
     ):
         super().__init__(image_shape)
-        sigma = _check_choice("likelihood.sigma", sigma, SIGMA_MODES)
-        optimal_shape = _check_choice("likelihood.optimal_shape", optimal_shape, OPTIMAL_SHAPES)
-        if sigma_value <= 0 or sigma_init <= 0:
-            raise ConfigError("likelihood.sigma_value and likelihood.sigma_init must be > 0")
-        if log_sigma_min >= log_sigma_max:
-            raise ConfigError("likelihood.log_sigma_min must be below likelihood.log_sigma_max")
+        sigma = check_choice("likelihood.sigma", sigma, SigmaMode)
+        optimal_shape = check_choice("likelihood.optimal_shape", optimal_shape, OptimalShape)
+        check_range("likelihood.sigma_value", sigma_value)
+        check_range("likelihood.sigma_init", sigma_init)
+        if log_sigma_bounds_error(log_sigma_min, log_sigma_max):
+            raise ConfigError(log_sigma_bounds_error(log_sigma_min, log_sigma_max))
         self.sigma_mode = sigma
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)

@@ -25,6 +25,7 @@ from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 from vaelab.model.training_sigma import measure_train_mse
 from vaelab.model.training_sums import TrainingSums
+from vaelab.schema import ModelSchema
 
 EVAL_STAGES = ("val", "test")
 #: how an evaluation metric is reduced over the set: extremes are the set's, not a mean
@@ -40,18 +41,19 @@ class VAE(pl.LightningModule):
         likelihood: Likelihood,
         image_shape: Sequence[int],
         levels: int,
-        latent_dim: int = 16,
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        free_bits: float = 0.0,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
-        test_iw_samples: int = 0,
-        iw_chunk_elements: int = 2**22,
-        init_output_bias: bool | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
+        latent_dim: int = ModelSchema.latent_dim,
+        beta: float = ModelSchema.beta,
+        kl_warmup_steps: int = ModelSchema.kl_warmup_steps,
+        free_bits: float = ModelSchema.free_bits,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = ModelSchema.optimizer,
+        scheduler: Callable[..., Any] | None = ModelSchema.scheduler,
+        test_iw_samples: int = ModelSchema.test_iw_samples,
+        iw_chunk_elements: int = ModelSchema.iw_chunk_elements,
+        init_output_bias: bool | None = ModelSchema.init_output_bias,
+        compile: bool = ModelSchema.compile,
+        channels_last: bool = ModelSchema.channels_last,
     ):
+        """Defaults (and the ranges validate checks) are vaelab.schema.ModelSchema's."""
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         self.levels = int(levels)
