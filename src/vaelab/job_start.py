@@ -1,6 +1,12 @@
 """Where a job starts: fresh, from a checkpoint the user passed, from its own last
 checkpoint (a sweep job that was interrupted), or not at all (a sweep job that
-already finished reuses its result). A single run never writes over a finished one."""
+already finished reuses its result). A single run never writes over a finished one.
+
+The interrupted job's checkpoint is named here (``sweeps.interrupted_checkpoint``)
+rather than left to ``trainer.fit(ckpt_path="last")``: Lightning resolves "last" only
+inside ``fit``, after the data are loaded and the loggers have started, and vaelab
+reads the file before that to check it fits the model (one-line errors) and to say
+which file the job continues from."""
 
 from __future__ import annotations
 
