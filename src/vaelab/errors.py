@@ -24,6 +24,7 @@ from hydra.errors import ConfigCompositionException, HydraException, Instantiati
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from vaelab import job_record
 from vaelab.config_keys import unknown_key_message
 from vaelab.exceptions import JobBusyError, NonFiniteLossError, UserError  # noqa: F401 - NonFiniteLossError re-exported
 from vaelab.sweeps import (
@@ -84,7 +85,7 @@ def one_line(error: BaseException) -> str | None:
 
 def remove_unstarted_run_dir(run_dir: Path) -> None:
     """Delete a run folder that holds nothing but what start-up wrote (Hydra's .hydra/
-    folder, the log file, loggers' still-empty folders), so a run that failed before
+    folder, the log file, loggers' still-empty folders, the job's run.json), so a run that failed before
     training leaves nothing behind. A folder with anything else in it is left alone."""
     if not run_dir.is_dir():
         return
@@ -92,7 +93,7 @@ def remove_unstarted_run_dir(run_dir: Path) -> None:
     def start_up_only(path: Path) -> bool:
         if path.is_dir():
             return path.name == ".hydra" or not any(path.iterdir())
-        return path.suffix == ".log" or path.name == JobFolderLock.NAME
+        return path.suffix == ".log" or path.name in (JobFolderLock.NAME, job_record.NAME)
 
     if all(start_up_only(p) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
@@ -116,6 +117,8 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
             if in_multirun() and isinstance(error, JobBusyError):  # not this process's job: no FAILED
                 print(f"error: {error}", file=sys.stderr, flush=True)
                 return value_for_failed_job()
+            if HydraConfig.initialized():  # run.json: failed, and why
+                job_record.fail(Path(HydraConfig.get().runtime.output_dir), error, sweep_job=in_multirun())
             if in_multirun():  # the launcher records the failure; the folder says why
                 failure = write_failure(Path(HydraConfig.get().runtime.output_dir), error)
                 worst = value_for_failed_job()

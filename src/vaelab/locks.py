@@ -2,7 +2,8 @@
 
 Device slots, job folders and data downloads each hold one. The OS drops a lock
 when its holder dies, so a crashed process never strands what it held. The holder
-writes ``pid <n> on <host>`` into the file, so that whoever waits can say who holds it.
+writes ``pid <n> on <host>`` into the file, so that whoever waits can say who holds it;
+:func:`is_held` asks whether anyone does (vaelab-compare, of a job's folder lock).
 """
 
 from __future__ import annotations
@@ -40,3 +41,21 @@ def holder(path: str | Path, unknown: str = "another process") -> str:
 def unlock(handle: IO[str]) -> None:
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
+
+
+def is_held(path: str | Path) -> bool:
+    """Whether a process holds the lock at ``path`` now. The file is neither created
+    nor written: it is opened for reading and locked shared without waiting, then let
+    go at once. For that instant a process taking the lock (:func:`try_lock`) would
+    find it held, so ask only about a lock whose holder is thought gone or running."""
+    try:
+        handle = open(path)  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False

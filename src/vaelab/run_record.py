@@ -1,5 +1,6 @@
-"""What a run says about itself in its folder: metrics.json (the numbers, what was
-trained, where the run held its devices) and the closing note of where its files are.
+"""What a run says about itself in its folder: run.json (what the job is and how far
+it got: :mod:`vaelab.job_record`), metrics.json (the numbers, what was trained, where
+the run held its devices) and the closing note of where its files are.
 
 vaelab-compare reads these records instead of guessing from config keys.
 """
@@ -13,8 +14,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from vaelab import job_record
 from vaelab.model.collapse import is_collapsed
 
 log = logging.getLogger("vaelab.train")
@@ -46,6 +48,39 @@ def describe_run(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]
         "seed": cfg.get("seed"),
         "init_output_bias": model.init_output_bias,
     }
+
+
+def describe_job(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
+    """What run.json states the job trains: :func:`describe_run`, and what its
+    likelihood's mode alone does not say (a fixed sigma's value, an optimal sigma's
+    shape, a Bernoulli likelihood's binarisation), for vaelab-compare's labels."""
+    likelihood = model.likelihood
+    sigma = getattr(likelihood, "sigma_mode", None)
+    return {
+        **describe_run(cfg, model, datamodule),
+        "sigma_value": OmegaConf.select(cfg, "likelihood.sigma_value") if sigma == "fixed" else None,
+        "optimal_shape": getattr(likelihood, "optimal_shape", None) if sigma == "optimal" else None,
+        "binarize": getattr(likelihood, "binarize", None),
+    }
+
+
+@rank_zero_only
+def record_start(cfg: DictConfig, output_dir: Path, folder_lock: bool) -> None:
+    """run.json says the job is running (nothing for debug=fast, which saves nothing)."""
+    if not cfg.trainer.get("fast_dev_run"):
+        job_record.start(output_dir, folder_lock)
+
+
+@rank_zero_only
+def record_run(output_dir: Path, run: dict[str, Any]) -> None:
+    """run.json says what the job trains (:func:`describe_job`)."""
+    job_record.state_run(output_dir, run)
+
+
+@rank_zero_only
+def record_done(output_dir: Path) -> None:
+    """run.json says the job is done (after metrics.json is written)."""
+    job_record.finish(output_dir)
 
 
 @rank_zero_only

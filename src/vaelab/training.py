@@ -23,7 +23,17 @@ from vaelab.config import instantiate_dict
 from vaelab.device_slots import device_slot
 from vaelab.job_start import JobStart, job_start
 from vaelab.optimized_metric import check_sweeper_metric
-from vaelab.run_record import describe_run, report_fast_dev_run, scalar_metrics, warn_if_collapsed, write_summary
+from vaelab.run_record import (
+    describe_job,
+    describe_run,
+    record_done,
+    record_run,
+    record_start,
+    report_fast_dev_run,
+    scalar_metrics,
+    warn_if_collapsed,
+    write_summary,
+)
 from vaelab.schema import validate
 from vaelab.wandb_runs import finish_experiment_trackers, use_offline_wandb_without_key
 
@@ -52,6 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def train_job(cfg: DictConfig, output_dir: Path, start: JobStart) -> dict[str, float]:
+    record_start(cfg, output_dir, folder_lock=sweeps.in_multirun())  # run.json: running
     checkpoint = read_checkpoint(start.ckpt_path) if start.ckpt_path else None
     if cfg.get("seed") is not None:
         # one stream per DDP rank (weights are broadcast from rank zero; the data order
@@ -63,6 +74,7 @@ def train_job(cfg: DictConfig, output_dir: Path, start: JobStart) -> dict[str, f
         datamodule = instantiate(cfg.data)
         load_data_now(datamodule)
         model = build_model(cfg, datamodule)
+        record_run(output_dir, describe_job(cfg, model, datamodule))
         if checkpoint is not None:
             check_weights_fit(checkpoint, model, start.ckpt_path)
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -96,6 +108,7 @@ def train_job(cfg: DictConfig, output_dir: Path, start: JobStart) -> dict[str, f
         "run": describe_run(cfg, model, datamodule),
         "latents": model.latent_report,
     })
+    record_done(output_dir)
     warn_if_collapsed(metrics, model.latent_dim)
     return metrics
 
