@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from wandb_records import read_run
 
 from vaelab import overrides, sweeps
-from vaelab.sweeps import DeviceSlot
+from vaelab.device_slots import DeviceSlot
 
 QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
 

@@ -8,8 +8,7 @@
   result is reused. A job whose folder holds ``checkpoints/last.ckpt`` was
   interrupted: it continues from there.
 - Sharing a machine. Jobs run in parallel by a launcher split the CPU threads
-  between them, and each takes a device slot of its own (a GPU when training on
-  GPUs) that no other running job holds.
+  between them (each takes a device slot of its own: :mod:`vaelab.device_slots`).
 - Failure. A job that fails writes ``FAILED`` with the error into its folder.
 
 The command line is recorded by :func:`record_command` in the launching process, in
@@ -32,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import traceback
 from enum import Enum
 from pathlib import Path
@@ -283,48 +281,6 @@ def write_failure(run_dir: Path, error: BaseException) -> Path:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path.write_text(f"{type(error).__name__}: {error}\n\n{text}")
     return path
-
-
-class DeviceSlot:
-    """An exclusive claim on one of ``count`` device slots, held with a file lock for
-    as long as the job runs: parallel jobs on one machine never share a slot (a GPU),
-    whatever order they start and finish in. The lock is released by the OS if the job
-    dies, so a crashed job never strands its GPU."""
-
-    def __init__(self, count: int, lock_dir: str | Path | None = None, group: str = "devices"):
-        if count < 1:
-            raise ValueError("DeviceSlot needs at least one device")
-        self.count = count
-        self.lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / "vaelab-locks")
-        self.group = group
-        self.index: int | None = None
-        self._handle: Any = None
-
-    def acquire(self, poll_s: float = 0.2, timeout_s: float = 24 * 3600) -> int:
-        import time
-
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for index in range(self.count):
-                handle = locks.try_lock(self.lock_dir / f"{self.group}-{index}.lock")
-                if handle is not None:
-                    self.index, self._handle = index, handle
-                    return index
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no free device slot among {self.count} after {timeout_s} s")
-            time.sleep(poll_s)
-
-    def release(self) -> None:
-        if self._handle is not None:
-            locks.unlock(self._handle)
-            self._handle, self.index = None, None
-
-    def __enter__(self) -> int:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class JobFolderLock:
