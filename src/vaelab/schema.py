@@ -213,11 +213,10 @@ def check_range(key: str, value: Any) -> Any:
     return value
 
 
-def log_sigma_bounds_error(lo: Any, hi: Any) -> str | None:
-    """The message for a log-sigma floor not below its ceiling (None if it is)."""
+def check_log_sigma_bounds(lo: Any, hi: Any) -> None:
+    """A ConfigError for a log-sigma floor not below its ceiling (validate and the likelihood)."""
     if lo >= hi:
-        return f"likelihood.log_sigma_min={lo} must be below likelihood.log_sigma_max={hi}"
-    return None
+        raise ConfigError(f"likelihood.log_sigma_min={lo} must be below likelihood.log_sigma_max={hi}")
 
 
 def _has_type(value: Any, kind: type) -> bool:
@@ -260,5 +259,5 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.channels_last=true is for convolutional networks, but model.encoder is {encoder}; use model=conv")
     sigma = _select(cfg, "likelihood.sigma")
     lo, hi = _select(cfg, "likelihood.log_sigma_min"), _select(cfg, "likelihood.log_sigma_max")
-    if sigma is not _MISSING and lo is not _MISSING and hi is not _MISSING and log_sigma_bounds_error(lo, hi):
-        raise ConfigError(log_sigma_bounds_error(lo, hi))
+    if sigma is not _MISSING and lo is not _MISSING and hi is not _MISSING:
+        check_log_sigma_bounds(lo, hi)

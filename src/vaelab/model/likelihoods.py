@@ -14,7 +14,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from vaelab.exceptions import ConfigError
 from vaelab.model import maths
 from vaelab.schema import (
     BernoulliLikelihoodSchema,
@@ -23,9 +22,9 @@ from vaelab.schema import (
     OptimalShape,
     SigmaMode,
     check_choice,
+    check_log_sigma_bounds,
     check_range,
     choices,
-    log_sigma_bounds_error,
 )
 
 # The choices, defaults and ranges of the likelihoods' arguments are vaelab.schema's.
@@ -159,8 +158,7 @@ class GaussianLikelihood(Likelihood):
         optimal_shape = check_choice("likelihood.optimal_shape", optimal_shape, OptimalShape)
         check_range("likelihood.sigma_value", sigma_value)
         check_range("likelihood.sigma_init", sigma_init)
-        if log_sigma_bounds_error(log_sigma_min, log_sigma_max):
-            raise ConfigError(log_sigma_bounds_error(log_sigma_min, log_sigma_max))
+        check_log_sigma_bounds(log_sigma_min, log_sigma_max)
         self.sigma_mode = sigma
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
