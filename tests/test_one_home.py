@@ -1,4 +1,4 @@
-"""Every default, choice and range has one home (vaelab.schema), so copies cannot drift.
+"""Every default, choice and range has one home (vaelab.settings), so copies cannot drift.
 
 A constructor's default is its schema field's, a config in conf/ states only what it
 changes, each choice list is its enum, and a constructor's range check says what
@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 
-from vaelab import schema
+from vaelab import schema, settings
 from vaelab.config import config_dir
 from vaelab.data import ImageDataModule, binarize
 from vaelab.exceptions import ConfigError
@@ -29,7 +29,7 @@ from vaelab.model.likelihoods import GaussianLikelihood
 from vaelab.model.vae import VAE
 
 CONF = Path(config_dir())
-SCHEMAS = [schema.ModelSchema, schema.GaussianLikelihoodSchema, schema.BernoulliLikelihoodSchema, schema.DataSchema]
+SCHEMAS = [settings.ModelSchema, settings.GaussianLikelihoodSchema, settings.BernoulliLikelihoodSchema, settings.DataSchema]
 #: schema fields whose constructor argument is required: a config must set them
 REQUIRED = {"encoder", "decoder", "source"}
 #: values a config states although they are the default: the config is named for them
@@ -65,10 +65,10 @@ def test_constructor_defaults_are_the_schema_defaults(node):
 
 
 def test_the_targets_are_the_classes():
-    assert get_object(schema.ModelSchema._target_) is VAE
-    assert get_object(schema.GaussianLikelihoodSchema._target_) is GaussianLikelihood
-    assert get_object(schema.BernoulliLikelihoodSchema._target_) is likelihoods.BernoulliLikelihood
-    assert get_object(schema.DataSchema._target_) is ImageDataModule
+    assert get_object(settings.ModelSchema._target_) is VAE
+    assert get_object(settings.GaussianLikelihoodSchema._target_) is GaussianLikelihood
+    assert get_object(settings.BernoulliLikelihoodSchema._target_) is likelihoods.BernoulliLikelihood
+    assert get_object(settings.DataSchema._target_) is ImageDataModule
 
 
 def config_files() -> list[str]:
@@ -81,9 +81,9 @@ def test_configs_state_only_what_they_change(name):
     drifts; the composed config (schema underneath) has it anyway."""
     group = name.split("/")[0]
     cfg = composed("train", f"{group}={Path(name).stem}", *(["data.root=/tmp"] if name == "data/image_folder.yaml" else []))
-    node = {"model": schema.ModelSchema, "data": schema.DataSchema}.get(group)
+    node = {"model": settings.ModelSchema, "data": settings.DataSchema}.get(group)
     if node is None:
-        node = schema.GaussianLikelihoodSchema if "sigma" in cfg.likelihood else schema.BernoulliLikelihoodSchema
+        node = settings.GaussianLikelihoodSchema if "sigma" in cfg.likelihood else settings.BernoulliLikelihoodSchema
     raw = OmegaConf.load(CONF / name)
     for key in raw:
         if key == "defaults":
@@ -91,7 +91,7 @@ def test_configs_state_only_what_they_change(name):
         assert key in {f.name for f in dataclasses.fields(node)}, f"{name}: {key} is not a key of {node.__name__}"
         value = OmegaConf.to_container(raw)[key]
         if (name, key) not in PINNED:
-            assert value != plain(getattr(node, key)), f"{name} restates the default {key}: {value!r} (vaelab.schema.{node.__name__})"
+            assert value != plain(getattr(node, key)), f"{name} restates the default {key}: {value!r} (vaelab.settings.{node.__name__})"
 
 
 def test_pinned_values_are_what_their_config_is_named_for():
@@ -113,24 +113,24 @@ def test_values_repeated_across_configs_agree():
 def test_eval_splits_the_bound_into_the_training_default_chunks():
     cfg = composed("eval", "ckpt_path=x")
     default = inspect.signature(VAE).parameters["iw_chunk_elements"].default
-    assert cfg.iw_chunk_elements == schema.ModelSchema.iw_chunk_elements == default == 2**22
+    assert cfg.iw_chunk_elements == settings.ModelSchema.iw_chunk_elements == default == 2**22
     assert composed("eval", "ckpt_path=x", "iw_chunk_elements=4096").iw_chunk_elements == 4096
 
 
 def test_each_choice_list_is_its_enum():
-    assert likelihoods.SIGMA_MODES == schema.choices(schema.SigmaMode)
-    assert likelihoods.OPTIMAL_SHAPES == schema.choices(schema.OptimalShape)
-    assert likelihoods.BINARIZE_MODES == schema.choices(schema.Binarize)
-    assert binarize.BINARIZE_MODES == (None, *schema.choices(schema.Binarize))
-    hints = typing.get_type_hints(schema.GaussianLikelihoodSchema)
-    assert hints["sigma"] is schema.SigmaMode and hints["optimal_shape"] is schema.OptimalShape
-    assert typing.get_type_hints(schema.BernoulliLikelihoodSchema)["binarize"] is schema.Binarize
+    assert likelihoods.SIGMA_MODES == settings.choices(settings.SigmaMode)
+    assert likelihoods.OPTIMAL_SHAPES == settings.choices(settings.OptimalShape)
+    assert likelihoods.BINARIZE_MODES == settings.choices(settings.Binarize)
+    assert binarize.BINARIZE_MODES == (None, *settings.choices(settings.Binarize))
+    hints = typing.get_type_hints(settings.GaussianLikelihoodSchema)
+    assert hints["sigma"] is settings.SigmaMode and hints["optimal_shape"] is settings.OptimalShape
+    assert typing.get_type_hints(settings.BernoulliLikelihoodSchema)["binarize"] is settings.Binarize
     # the configs' comments that list the choices list them all
     gaussian = (CONF / "likelihood" / "gaussian.yaml").read_text()
     listed = re.search(r"#\s+sigma\s+([\w |]+)\n", gaussian).group(1)
-    assert tuple(c.strip() for c in listed.split("|")) == schema.choices(schema.SigmaMode)
+    assert tuple(c.strip() for c in listed.split("|")) == settings.choices(settings.SigmaMode)
     bernoulli = (CONF / "likelihood" / "bernoulli.yaml").read_text()
-    assert all(f"{mode}:" in bernoulli for mode in schema.choices(schema.Binarize))
+    assert all(f"{mode}:" in bernoulli for mode in settings.choices(settings.Binarize))
 
 
 @pytest.mark.parametrize(
@@ -161,4 +161,4 @@ def test_choices_are_checked_against_the_enums():
         GaussianLikelihood((1, 4, 4), sigma="gaussian")
     with pytest.raises(ConfigError, match="choose one of dynamic, static, threshold, none"):
         likelihoods.BernoulliLikelihood((1, 4, 4), binarize="sometimes")
-    assert GaussianLikelihood((1, 4, 4), sigma=schema.SigmaMode.optimal).sigma_mode == "optimal"
+    assert GaussianLikelihood((1, 4, 4), sigma=settings.SigmaMode.optimal).sigma_mode == "optimal"

@@ -103,3 +103,13 @@ def test_a_config_that_does_not_compose_fails_before_torch_loads(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert run.stdout.split("\n")[:2] == ["exit 2", "[]"], run.stdout + run.stderr
     assert "likelihood.sigma" in run.stderr and "fixed" in run.stderr
+
+
+@pytest.mark.parametrize("module", ["vaelab.model.vae", "vaelab.data", "vaelab.settings", "vaelab.exceptions"])
+def test_the_model_and_data_code_import_without_hydra(module):
+    """The maths, the model and the data read their defaults, choices and ranges from
+    vaelab.settings and raise vaelab.exceptions' errors: none of the command line's
+    machinery (Hydra, OmegaConf, sweeps) comes with them."""
+    code = f"import sys, {module}; print(sorted(m for m in ('hydra', 'omegaconf', 'vaelab.sweeps') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing {module} loads {out.strip()}"

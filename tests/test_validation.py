@@ -158,10 +158,10 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     import sys
 
     code = (
-        "import sys, vaelab.train as train\n"
+        "import sys, vaelab.train as train, vaelab.training as training\n"
         "def build_model(*args, **kwargs):\n"
         "    raise ValueError('an internal invariant broke')\n"
-        "train.build_model = build_model\n"
+        "training.build_model = build_model\n"
         "sys.argv = ['vaelab-train', 'debug=fast', 'trainer.enable_progress_bar=false']\n"
         "train.main()\n"
     )

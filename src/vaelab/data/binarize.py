@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from vaelab.exceptions import ConfigError
-from vaelab.schema import Binarize, choices
+from vaelab.settings import Binarize, choices
 
-#: the likelihood's choices (vaelab.schema.Binarize), and None for data not binarised
+#: the likelihood's choices (vaelab.settings.Binarize), and None for data not binarised
 BINARIZE_MODES = (None, *choices(Binarize))
 _CHUNK = 4096  # images per random draw: bounds the float32 temporary
 

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 
 from vaelab.exceptions import ConfigError
-from vaelab.schema import DataSchema, check_range
+from vaelab.settings import DataSchema, check_range
 
 from .arrays import ImageArrays
 from .batches import TensorBatches
@@ -94,7 +94,7 @@ class ImageDataModule(pl.LightningDataModule):
         binarize: str | None = DataSchema.binarize,
         data_on_device: bool = DataSchema.data_on_device,
     ) -> None:
-        """Defaults and ranges are vaelab.schema's (DataSchema, RANGES)."""
+        """Defaults and ranges are vaelab.settings's (DataSchema, RANGES)."""
         super().__init__()
         check_range("data.batch_size", batch_size)
         check_range("data.eval_batch_size", eval_batch_size)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.model import maths
-from vaelab.schema import (
+from vaelab.settings import (
     BernoulliLikelihoodSchema,
     Binarize,
     GaussianLikelihoodSchema,
@@ -27,7 +27,7 @@ from vaelab.schema import (
     choices,
 )
 
-# The choices, defaults and ranges of the likelihoods' arguments are vaelab.schema's.
+# The choices, defaults and ranges of the likelihoods' arguments are vaelab.settings's.
 SIGMA_MODES = choices(SigmaMode)
 OPTIMAL_SHAPES = choices(OptimalShape)
 BINARIZE_MODES = choices(Binarize)

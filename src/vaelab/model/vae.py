@@ -25,7 +25,7 @@ from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 from vaelab.model.training_sigma import measure_train_mse
 from vaelab.model.training_sums import TrainingSums
-from vaelab.schema import ModelSchema
+from vaelab.settings import ModelSchema
 
 EVAL_STAGES = ("val", "test")
 #: how an evaluation metric is reduced over the set: extremes are the set's, not a mean
@@ -53,7 +53,7 @@ class VAE(pl.LightningModule):
         compile: bool = ModelSchema.compile,
         channels_last: bool = ModelSchema.channels_last,
     ):
-        """Defaults (and the ranges validate checks) are vaelab.schema.ModelSchema's."""
+        """Defaults (and the ranges validate checks) are vaelab.settings.ModelSchema's."""
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         self.levels = int(levels)
