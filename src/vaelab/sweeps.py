@@ -85,7 +85,7 @@ def _cut(items: list[str], sep: str, limit: int) -> tuple[str, bool]:
     """``items`` joined by ``sep``, whole items only, at most ``limit`` characters (the
     first item is cut if it alone is longer); and whether any was left out."""
     text = ""
-    for i, item in enumerate(items):
+    for item in items:
         longer = f"{text}{sep}{item}" if text else item
         if len(longer) > limit:
             return (text or item[:limit]), True
@@ -93,11 +93,16 @@ def _cut(items: list[str], sep: str, limit: int) -> tuple[str, bool]:
     return text, False
 
 
+#: overrides that say how many trials a study runs, or how many at once, not which: left out
+#: of the sweep's name, so that a larger hydra.sweeper.n_trials continues the same study
+NOT_NAMING = ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs")
+
+
 def sweep_name(*, _root_: Any = None) -> str:
-    """``<swept keys>_<hash of the whole command>``: the same command, the same folder.
+    """``<swept keys>_<hash of the command>``: the same command, the same folder.
     The swept keys are the command's and the sweeper's ``params``' (whole keys, the
-    first few when they are many)."""
-    overrides = sorted(command_overrides())
+    first few when they are many); the hash is of every override but :data:`NOT_NAMING`."""
+    overrides = sorted(o for o in command_overrides() if override_key(o) not in NOT_NAMING)
     swept = swept_keys(overrides)
     swept += sorted(k for k, v in sweeper_params(_root_).items() if is_swept(f"{k}={v}") and k not in swept)
     prefix, cut = _cut(swept, "+", MAX_PREFIX)
@@ -111,7 +116,11 @@ def job_name() -> str:
     # keys the command sets to one value for every job (compared by key: Hydra writes
     # a job's values back normalised, e.g. `false` as `False`)
     shared = {override_key(o) for o in command_overrides() if not is_swept(o)}
-    own = [o for o in HydraConfig.get().overrides.task if override_key(o) not in shared and not override_key(o).startswith("hydra")]
+    own = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if override_key(o) not in shared and not override_key(o).startswith("hydra")
+    ]
     if not own:
         return f"job{HydraConfig.get().job.num}"
     return job_folder_name(own)
@@ -162,7 +171,9 @@ def job_states(folder: Path) -> dict[str, int]:
     for job in folder.iterdir() if folder.is_dir() else []:
         if not (job / ".hydra").is_dir():
             continue
-        state = "done" if (job / "metrics.json").is_file() else "failed" if (job / "FAILED").is_file() else "not finished"
+        state = (
+            "done" if (job / "metrics.json").is_file() else "failed" if (job / "FAILED").is_file() else "not finished"
+        )
         states[state] += 1
     return states
 
