@@ -46,3 +46,39 @@ def test_the_notebook_test_needs_only_the_test_extra_and_the_notebook_extra_has_
     assert {"nbclient", "nbformat", "ipykernel"} <= {requirement_name(r) for r in extras["test"]}
     assert {"jupyterlab", "nbconvert", "ipykernel"} <= {requirement_name(r) for r in extras["notebook"]}
     assert "jupyterlab" not in {requirement_name(r) for r in extras["test"]}
+
+
+#: what only an extra installs: the Optuna sweeper's, the SLURM launcher's, TensorBoard, JupyterLab
+OPTIONAL = {
+    "optuna": {"optuna", "sqlalchemy"},
+    "slurm": {"hydra-submitit-launcher", "submitit"},
+    "tensorboard": {"tensorboard"},
+    "notebook": {"jupyterlab", "nbconvert", "ipykernel"},
+}
+
+
+def test_the_core_install_leaves_the_optional_packages_to_their_extras():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {requirement_name(r) for r in project["dependencies"]}
+    extras = {name: {requirement_name(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    for extra, packages in OPTIONAL.items():
+        assert not packages & core, f"{packages & core} should be in the {extra} extra only"
+        assert packages <= extras[extra], extra
+    # the tests exercise every extra but the notebook's JupyterLab (they run the notebook with nbclient)
+    assert set().union(*(OPTIONAL[e] for e in ("optuna", "slurm", "tensorboard"))) <= extras["test"]
+    assert "hydra-optuna-sweeper" not in core | set().union(*extras.values())  # vaelab's own sweeper replaces it
+
+
+def test_code_on_private_lightning_api_caps_lightning_at_the_versions_tested():
+    """vaelab.ddp subclasses Lightning's private _SubprocessScriptLauncher: a Lightning release
+    past the tested ones may change it, so the requirement has an upper bound that admits the pin."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = {requirement_name(r): Requirement(r) for r in project["dependencies"]}
+    assert "_SubprocessScriptLauncher" in (ROOT / "src" / "vaelab" / "ddp.py").read_text()
+    lightning = requirements["lightning"]
+    assert any(spec.operator == "<" for spec in lightning.specifier)
+    assert lightning.specifier.contains(pins()["lightning"])
+    for name in ("torch", "hydra-core", "omegaconf"):
+        assert requirements[name].specifier.contains(pins()[name]), name
