@@ -82,3 +82,21 @@ def test_code_on_private_lightning_api_caps_lightning_at_the_versions_tested():
     assert lightning.specifier.contains(pins()["lightning"])
     for name in ("torch", "hydra-core", "omegaconf"):
         assert requirements[name].specifier.contains(pins()[name]), name
+
+
+def test_a_launcher_config_of_a_missing_extra_says_what_to_install(monkeypatch):
+    """Without the slurm extra Hydra cannot load submitit's launcher config: one line names the extra
+    (the check of the real core install is bench/lowest_versions.sh)."""
+    from hydra.errors import ConfigCompositionException
+
+    from vaelab import errors
+
+    error = ConfigCompositionException("In 'hydra/launcher/slurm': Could not load 'hydra/launcher/submitit_slurm'")
+    extra, feature, package, _ = errors.EXTRA_CONFIGS["hydra/launcher/submitit_slurm"]
+    monkeypatch.setitem(
+        errors.EXTRA_CONFIGS, "hydra/launcher/submitit_slurm", (extra, feature, package, "not_installed")
+    )
+    assert errors.one_line(error) == (
+        "hydra/launcher=slurm needs hydra-submitit-launcher, which the core install leaves out: "
+        "pip install 'vaelab[slurm]'"
+    )

@@ -26,7 +26,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vaelab import job_record
 from vaelab.config_keys import unknown_key_message
-from vaelab.exceptions import JobBusyError, NonFiniteLossError, UserError  # noqa: F401 - NonFiniteLossError re-exported
+from vaelab.exceptions import (  # noqa: F401 - NonFiniteLossError re-exported
+    JobBusyError,
+    MissingExtraError,
+    NonFiniteLossError,
+    UserError,
+)
 from vaelab.sweeps import (
     JobFolderLock,
     in_multirun,
@@ -42,7 +47,14 @@ from vaelab.sweeps import (
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, HydraException, OmegaConfBaseException)
 
 # Lines of Hydra's and OmegaConf's messages that locate rather than explain.
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "Set the environment variable")
+_NOISE = (
+    "full_key:",
+    "object_type=",
+    "reference_type=",
+    "Config search path",
+    "provider=",
+    "Set the environment variable",
+)
 
 #: whether the user asked for tracebacks (read once, before run_cli changes the variable)
 _SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -60,13 +72,43 @@ def _unknown_override(error: BaseException) -> str | None:
     full_key = named.group(1)
     value = re.search(r"use \+" + re.escape(full_key) + r"=(.*)$", str(error), re.MULTILINE)
     parent = getattr(cause, "parent_node", None)
-    return unknown_key_message(full_key, value.group(1) if value else None, parent if isinstance(parent, DictConfig) else None)
+    return unknown_key_message(
+        full_key, value.group(1) if value else None, parent if isinstance(parent, DictConfig) else None
+    )
+
+
+#: config groups an extra's Hydra plugin registers: a config that names one without the extra says which to install
+EXTRA_CONFIGS = {
+    # config: (extra, what needs it, its package, the module that registers the config)
+    "hydra/launcher/submitit_slurm": (
+        "slurm",
+        "hydra/launcher=slurm",
+        "hydra-submitit-launcher",
+        "hydra_plugins.hydra_submitit_launcher",
+    ),
+}
+
+
+def _missing_extra_config(error: BaseException) -> str | None:
+    """Hydra's "Could not load 'hydra/launcher/submitit_slurm'" where the plugin that provides
+    that config (an extra's) is not installed: the extra to install, in one line."""
+    import importlib.util
+
+    if not isinstance(error, HydraException):
+        return None
+    for config, (extra, feature, package, module) in EXTRA_CONFIGS.items():
+        if f"'{config}'" in str(error) and importlib.util.find_spec(module) is None:
+            return str(MissingExtraError(extra, feature, package))
+    return None
 
 
 def one_line(error: BaseException) -> str | None:
     """A one-line message for a user-fixable error (Hydra's wrappers unwrapped), else None."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    missing_extra = _missing_extra_config(error)
+    if missing_extra is not None:
+        return missing_extra
     unknown = _unknown_override(error)
     if unknown is not None:
         return unknown
@@ -124,8 +166,12 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
                 worst = value_for_failed_job()
                 if worst is None:
                     raise
-                print(f"error: this trial failed ({type(error).__name__}: {error}); reported to the sweeper as {worst}, "
-                      f"details in {failure}", file=sys.stderr, flush=True)
+                print(
+                    f"error: this trial failed ({type(error).__name__}: {error}); reported to the sweeper as {worst}, "
+                    f"details in {failure}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return worst
             message = one_line(error)
             if message is None or _SHOW_TRACEBACKS:
