@@ -31,6 +31,41 @@ def test_the_sweeper_metric_can_be_negated_and_must_exist():
         metric_for_sweeper(metrics, "-val/nll")
 
 
+def test_the_search_space_is_read_in_hydras_sweep_syntax():
+    optuna = pytest.importorskip("optuna")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from vaelab.optuna_space import search_space
+
+    space = search_space(
+        [
+            "model.beta=tag(log, interval(0.25, 4.0))",
+            "model.optimizer.lr=interval(1e-4, 3e-3)",
+            "model.latent_dim=range(4, 17, 4)",
+            "likelihood=choice(gaussian_fixed, bernoulli)",
+            "+model.extra=1,2",
+            "trainer.max_epochs=interval(1, 3)",
+            "debug=short",
+            "seed=choice(1, 2)",
+            "seed=3",
+        ]
+    )
+    assert space.distributions == {
+        "model.beta": FloatDistribution(0.25, 4.0, log=True),
+        "model.optimizer.lr": FloatDistribution(1e-4, 3e-3),
+        "model.latent_dim": IntDistribution(4, 16, step=4),  # Hydra's range leaves its end out
+        "likelihood": CategoricalDistribution(["gaussian_fixed", "bernoulli"]),
+        "model.extra": CategoricalDistribution([1, 2]),
+        "trainer.max_epochs": FloatDistribution(1.0, 3.0),  # Hydra intervals are of floats: range() for ints
+    }  # seed: the later, fixed override wins
+    assert space.fixed == ["debug=short", "seed=3"]
+    overrides = space.trial_overrides({"model.extra": 2, "model.beta": 0.5})
+    assert overrides == ["+model.extra=2", "model.beta=0.5", "debug=short", "seed=3"]
+    with pytest.raises(ConfigError, match="log interval needs a start above 0"):
+        search_space(["model.beta=tag(log, interval(0, 1))"])
+    assert optuna.__version__.split(".")[0] in ("4", "5")
+
+
 def trials(folder):
     return sorted(p for p in folder.iterdir() if (p / ".hydra").is_dir())
 

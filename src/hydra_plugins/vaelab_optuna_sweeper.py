@@ -61,11 +61,13 @@ class VaelabOptunaSweeper(Sweeper):
         self.settings = optuna_sweep.SweepSettings.from_config(settings)
         self.config: Optional[DictConfig] = None  # noqa: UP045
         self.launcher: Any = None
+        self.config_loader: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
         self.config = config
+        self.config_loader = hydra_context.config_loader
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -74,4 +76,4 @@ class VaelabOptunaSweeper(Sweeper):
         from vaelab import optuna_sweep
 
         assert self.config is not None and self.launcher is not None, "setup() first"
-        optuna_sweep.run_study(self.settings, self.config, self.launcher, arguments)
+        optuna_sweep.run_study(self.settings, self.config, self.launcher, arguments, self.config_loader)

@@ -3,9 +3,10 @@
 ``hydra.sweeper.params`` (and sweep overrides on the command line) are written as in
 any Hydra sweep and read by Hydra's own override parser:
 
-- ``interval(a, b)``: a float (or, with two integers, an int) uniform in [a, b];
+- ``interval(a, b)``: a float uniform in [a, b] (Hydra's intervals are of floats);
   ``tag(log, interval(a, b))`` log-uniform.
 - ``choice(x, y, ...)`` (or ``x,y,...``): one of the values, unordered.
+- ``glob(pattern)`` of a config group: one of the group's options that match.
 - ``range(a, b, step)``: the values Hydra's range yields (b excluded), as an ordered
   integer distribution (floats: one of those values).
 
@@ -82,10 +83,12 @@ def distribution(override: Override) -> BaseDistribution:
     )
 
 
-def search_space(overrides: list[str]) -> SearchSpace:
-    """The distributions of the sweep overrides and the fixed others (later ones win)."""
+def search_space(overrides: list[str], config_loader: Any = None) -> SearchSpace:
+    """The distributions of the sweep overrides and the fixed others (later ones win).
+    With Hydra's ``config_loader``, ``glob(gaussian_*)`` of a config group is a choice
+    among the group's options that match."""
     space = SearchSpace()
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in OverridesParser.create(config_loader=config_loader).parse_overrides(overrides):
         key = override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
         if override.is_sweep_override():
             space.distributions[key] = distribution(override)

@@ -40,6 +40,7 @@ import optuna  # noqa: E402 - after the one-line check that it is installed
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from vaelab import optuna_space, optuna_trial  # noqa: E402
+from vaelab.sweeps import shown_path  # noqa: E402
 
 log = logging.getLogger("vaelab.optuna")
 
@@ -186,13 +187,20 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> bool:
             raise
         going_on = False
     shown = f" {values[0] if len(values) == 1 else values}" if values else ""
-    print(f"Trial {trial.number}: {state.name.lower()}{shown} ({result.working_dir})", flush=True)
+    folder = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir", default=None) if result.hydra_cfg else None
+    print(
+        f"Trial {trial.number}: {state.name.lower()}{shown}" + (f" ({shown_path(folder)})" if folder else ""),
+        flush=True,
+    )
     return going_on
 
 
-def run_study(settings: SweepSettings, config: DictConfig, launcher: Any, arguments: Sequence[str]) -> optuna.Study:
+def run_study(
+    settings: SweepSettings, config: DictConfig, launcher: Any, arguments: Sequence[str], config_loader: Any = None
+) -> optuna.Study:
     sweep_dir = Path(config.hydra.sweep.dir)
-    space = optuna_space.search_space([f"{k}={v}" for k, v in settings.params.items()] + list(arguments))
+    params = [f"{k}={v}" for k, v in settings.params.items()] + list(arguments)
+    space = optuna_space.search_space(params, config_loader)
     study, storage = open_study(settings, sweep_dir)
     requeue_interrupted(study)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))

@@ -272,9 +272,11 @@ def sweeper_optimises() -> bool:
 
 def value_for_failed_job() -> float | list[float] | None:
     """What a failed job returns to a sweeper that needs a value to go on, else None
-    (the failure is raised, and the launcher records it). The Optuna sweeper stops the
-    whole study when a trial raises, so a failed trial reports the worst value of each
-    objective instead (+inf when minimising): the study goes on and steers away from it."""
+    (the failure is raised, and the launcher records it). A failed trial of the Optuna
+    sweeper reports the worst value of each objective (+inf when minimising), which the
+    sweeper (:mod:`vaelab.optuna_sweep`) records as a failed trial: the study goes on, and
+    the launcher does not print a traceback for a trial that failed for a reason the
+    trial's folder states (``FAILED``)."""
     if not in_multirun():
         return None
     sweeper = HydraConfig.get().sweeper
