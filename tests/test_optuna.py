@@ -260,6 +260,38 @@ def test_a_pruner_stops_a_hopeless_trial_and_the_study_records_it_pruned(train, 
     assert results(folder)["best_params"] == {"likelihood.sigma_value": 0.1}
 
 
+@pytest.mark.slow
+def test_trials_asked_together_run_in_parallel_workers_that_report_to_the_study(train, tmp_path):
+    """n_jobs=2 with the joblib launcher: both trials are one batch of two worker processes,
+    each reporting its epochs to the SQLite study (the pruner stops the hopeless one)."""
+    space = search_space(
+        tmp_path,
+        "prunable",
+        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
+        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
+        base=None,
+    )
+    proc = train(
+        "-m",
+        *space,
+        "hydra/launcher=parallel",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+        "likelihood=gaussian_fixed",
+        *QUICK,
+        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.upper=20000",
+    )
+    assert (proc.stdout + proc.stderr).count("is launching 2 jobs") == 1  # one batch of two (joblib)
+    (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    study = stored_study(folder)
+    assert {t.params["likelihood.sigma_value"]: t.state.name for t in study.trials} == {
+        0.1: "COMPLETE",
+        0.001: "PRUNED",
+    }
+    assert all(read_metrics(job)["parallel_jobs"] == 2 for job in trials(folder))
+
+
 def test_without_the_optuna_extra_a_search_says_what_to_install(tmp_path):
     """The core install has no Optuna: hparams_search=optuna ends with one line naming the extra."""
     blocker = tmp_path / "no_optuna"
