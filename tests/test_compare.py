@@ -21,7 +21,7 @@ from conftest import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
-from vaelab import compare
+from vaelab import compare, job_record, locks
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "compare_sweep.ipynb"
@@ -71,6 +71,37 @@ def write_csv_log(path: Path, val_elbos: list[float], beta_eff: float | None = N
             writer.writerow({"epoch": epoch, "step": step - 1, "val/elbo": val, "val/kl": 1.5, "val/beta_eff": "" if beta_eff is None else beta_eff})
 
 
+#: folder locks the fake running jobs hold, as a running vaelab-train holds its job's
+HELD: list = []
+
+
+@pytest.fixture(autouse=True)
+def release_held_locks():
+    yield
+    while HELD:
+        locks.unlock(HELD.pop())
+
+
+def hold_folder_lock(job: Path) -> None:
+    """Hold ``job``'s folder lock for the rest of the test, as its running process would."""
+    handle = locks.try_lock(job / ".lock")
+    assert handle is not None
+    HELD.append(handle)
+
+
+def write_run_record(job: Path, overrides: list[str], status: str, run: dict | None, *, message: str = "",
+                     attempt: int = 1, folder_lock: bool = True, pid: int | None = None, host: str | None = None) -> None:
+    """run.json as vaelab-train writes it (vaelab.job_record)."""
+    ended = None if status == "running" else "2026-11-21T09:20:00+00:00"
+    record = {
+        "status": status, "message": message, "attempt": attempt, "started": "2026-11-21T09:13:52+00:00",
+        "first_started": "2026-11-21T09:00:00+00:00" if attempt > 1 else "2026-11-21T09:13:52+00:00", "ended": ended,
+        "updated": ended or "2026-11-21T09:14:00+00:00", "pid": pid or 4242, "host": host or os.uname().nodename,
+        "folder_lock": folder_lock, "overrides": overrides, "run": run,
+    }
+    (job / job_record.NAME).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def make_job(
     sweep: Path,
     name: str,
@@ -92,8 +123,10 @@ def make_job(
     seed: int = 42,
     active_units: float | None = None,
 ) -> Path:
-    """A job folder as vaelab-train leaves it: done, running (csv only), failed
-    (FAILED marker, or a log ending in a traceback), or started (nothing logged)."""
+    """A sweep's job folder as vaelab-train leaves it: done, running (csv rows, its
+    folder lock held), started (running, nothing logged yet), failed (its record says
+    why; FAILED marker), failed_log (its record and a log ending in the traceback), or
+    interrupted (its record says running, but no process holds its folder lock)."""
     job = sweep / name
     hydra_dir = job / ".hydra"
     hydra_dir.mkdir(parents=True)
@@ -105,7 +138,19 @@ def make_job(
     gaussian = likelihood == "gaussian"
     sigma_mean = sigma_value if sigma_mean is None else sigma_mean
     beta_eff = 2 * sigma_mean**2 * beta if gaussian else None
+    # what vaelab-train states about the run: in metrics.json, and in run.json with the likelihood's settings
+    stated = {
+        "likelihood": likelihood, "sigma": sigma if gaussian else None, "data": "digits",
+        "data_model": "dequantised" if gaussian else "binarised (dynamic)", "beta": beta, "seed": seed, "init_output_bias": False,
+    }
+    run = {
+        **stated, "sigma_value": sigma_value if gaussian and sigma == "fixed" else None,
+        "optimal_shape": "shared" if gaussian and sigma == "optimal" else None, "binarize": None if gaussian else "dynamic",
+    }
+    if status in ("running", "started"):
+        hold_folder_lock(job)
     if status == "started":
+        write_run_record(job, overrides, "running", run)
         return job
     write_csv_log(job / "csv" / "metrics.csv", list(val_elbos), beta_eff)
     if status == "done":
@@ -117,18 +162,20 @@ def make_job(
         if active_units is not None:
             metrics["test/active_units"] = active_units
         summary = {"metrics": metrics, "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"), "epochs": len(val_elbos), "global_step": 6}
-        summary["run"] = {  # what vaelab-train states about the run
-            "likelihood": likelihood, "sigma": sigma if gaussian else None, "data": "digits",
-            "data_model": "dequantised" if gaussian else "binarised (dynamic)", "beta": beta, "seed": seed,
-        }
+        summary["run"] = stated
         (job / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_run_record(job, overrides, "done", run)
         if images:
             write_png(job / "images" / "samples.png", (457, 457), seed=len(name))
             write_png(job / "images" / "reconstructions.png", (457, 457))
             if sigma_map:
                 write_png(job / "images" / "sigma_map.png", (500, 300), "RGB")
+    elif status in ("running", "interrupted"):
+        write_run_record(job, overrides, "running", run)
     elif status == "failed":
-        (job / "FAILED").write_text("NonFiniteLossError: training stopped: the loss became nan at step 4\n\nTraceback (most recent call last):\n ...\n")
+        error = "NonFiniteLossError: training stopped: the loss became nan at step 4"
+        (job / "FAILED").write_text(f"{error}\n\nTraceback (most recent call last):\n ...\n")
+        write_run_record(job, overrides, "failed", run, message=error)
     elif status == "failed_log":
         (job / "train.log").write_text(
             "[2026-11-21 09:13:52,734][vaelab.train][INFO] - starting\n"
@@ -137,6 +184,7 @@ def make_job(
             "    raise RuntimeError('CUDA out of memory')\n"
             "RuntimeError: CUDA out of memory\n"
         )
+        write_run_record(job, overrides, "failed", run, message="RuntimeError: CUDA out of memory")
     return job
 
 
@@ -305,21 +353,101 @@ def test_running_started_and_failed_jobs_are_listed_last_with_partial_numbers(sw
     assert rows["running"]["beta_eff"] == pytest.approx(0.02)  # last logged val/beta_eff
     assert rows["crashed"]["message"] == "RuntimeError: CUDA out of memory"
     assert rows["diverged"]["message"].startswith("NonFiniteLossError: training stopped")
-    assert table.counts == {"done": 4, "running": 1, "started": 1, "failed": 2}
+    assert table.counts == {"done": 4, "running": 1, "started": 1, "interrupted": 0, "failed": 2, "unknown": 0}
     text = table.markdown()
     assert "8 jobs: 4 done, 1 running, 1 started, 2 failed" in text
     assert "`diverged` (failed): NonFiniteLossError" in text and "`crashed` (failed): RuntimeError: CUDA out of memory" in text
 
 
-def test_a_failure_marker_older_than_the_result_is_from_an_earlier_try(sweep):
+def test_a_failure_of_an_earlier_try_does_not_make_a_finished_job_failed(sweep):
+    """A FAILED marker an earlier try left beside the result of a later, successful one,
+    newer or older: the job's record says done. A retry that failed (no result: a job
+    with metrics.json is not run again) says so in its record."""
     job = sweep / "sigma=fixed,beta=2"
     marker = job / "FAILED"
     marker.write_text("RuntimeError: killed\n")
     old = time.time() - 600
     os.utime(marker, (old, old))
     assert compare.load_job(job, sweep)["status"] == "done"
-    os.utime(marker, None)  # newer than metrics.json: this try failed
+    os.utime(marker, None)  # newer than metrics.json: still the earlier try's
+    assert compare.load_job(job, sweep)["status"] == "done"
+    (job / "metrics.json").unlink()
+    write_run_record(job, [], "failed", None, message="RuntimeError: killed", attempt=2)
     assert compare.load_job(job, sweep)["status"] == "failed"
+
+
+def test_a_failed_jobs_message_comes_from_its_record(sweep):
+    job = make_job(sweep, "oom", ["debug=short", "model.beta=3"], status="failed")
+    (job / "FAILED").write_text("something else\n")  # the record, not the marker, says why
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "failed" and record["message"] == "NonFiniteLossError: training stopped: the loss became nan at step 4"
+    # what it trained is stated although it never finished
+    assert record["likelihood"] == "gaussian" and record["sigma"] == "fixed 0.1" and record["comparable"] == "digits, dequantised"
+
+
+def test_a_job_killed_while_training_reads_interrupted_not_running(sweep, tmp_path):
+    """SIGKILL leaves 'running' in run.json: the job's folder lock, which the OS let go
+    of, tells that no process trains it any more; a single run's pid tells the same."""
+    job = make_job(sweep, "killed", ["debug=short", "likelihood.sigma=fixed", "model.beta=4"], status="interrupted", val_elbos=(-140.0,))
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "interrupted" and "the sweep run again continues it" in record["message"]
+    assert record["val_elbo_best"] == -140.0 and record["nll"] is None  # the numbers logged so far
+    table = compare.build_table(compare.load_sweep(sweep))
+    assert table.counts["interrupted"] == 1 and table.counts["running"] == 0
+    assert column(table, "job")[-1] == "killed" and "5 jobs: 4 done, 1 interrupted" in table.markdown()
+    hold_folder_lock(job)  # a process trains it again
+    assert compare.load_job(job, sweep)["status"] == "running"
+
+    single = make_job(tmp_path / "runs", "one", ["debug=short"], status="interrupted")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_run_record(single, ["debug=short"], "running", None, folder_lock=False, pid=gone.pid)
+    record = compare.load_job(single)
+    assert record["status"] == "interrupted" and f"pid {gone.pid}" in record["message"]
+    write_run_record(single, ["debug=short"], "running", None, folder_lock=False, pid=os.getpid())
+    assert compare.load_job(single)["status"] == "running"
+    write_run_record(single, ["debug=short"], "running", None, folder_lock=False, host="elsewhere")
+    record = compare.load_job(single)
+    assert record["status"] == "running" and "cannot be told" in record["message"]
+
+
+def test_a_retried_job_that_failed_before_reads_running(sweep):
+    """The records vaelab-train writes across tries of one sweep job: failed, then a
+    sweep run again starts it (attempt 2), then it finishes."""
+    job = make_job(sweep, "retried", ["debug=short", "likelihood.sigma=fixed", "model.beta=5"], status="started")
+    (job / job_record.NAME).unlink()
+    job_record.fail(job, RuntimeError("the node went away"), sweep_job=True)
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "failed" and record["message"] == "RuntimeError: the node went away"
+    job_record.start(job, folder_lock=True)
+    write_csv_log(job / "csv" / "metrics.csv", [-150.0])
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "running" and record["message"] == "" and record["val_elbo_best"] == -150.0
+    assert job_record.read(job)["attempt"] == 2
+    job_record.state_run(job, {"likelihood": "bernoulli", "sigma": None, "binarize": "static", "data": "digits", "data_model": "binarised (static)"})
+    record = compare.load_job(job, sweep)
+    assert record["likelihood"] == "bernoulli" and record["decoder"] == "Bernoulli, binarize=static"
+    assert record["comparable"] == "digits, binarised (static)"
+    (job / "metrics.json").write_text(json.dumps({"metrics": {"test/elbo": -80.0}}))
+    job_record.finish(job)
+    written = job_record.read(job)
+    assert written["status"] == "done" and written["attempt"] == 2 and written["ended"]
+    assert compare.load_job(job, sweep)["status"] == "done"
+
+
+def test_a_job_folder_without_a_record_is_unknown_unless_it_says_more(tmp_path):
+    """Folders an older vaelab wrote (no run.json): metrics.json is done, FAILED is
+    failed; the likelihood is the class the config builds."""
+    root = tmp_path / "old"
+    done = make_job(root, "done", ["model.beta=1"])
+    other = make_job(root, "other", ["model.beta=2"], status="interrupted")
+    failed = make_job(root, "failed", ["model.beta=3"], status="failed")
+    for job in (done, other, failed):
+        (job / job_record.NAME).unlink()
+    records = {r["job"]: r for r in compare.load_sweep(root)}
+    assert records["done"]["status"] == "done" and records["done"]["sigma"] == "fixed"  # metrics.json states the mode only
+    assert records["other"]["status"] == "unknown" and records["other"]["likelihood"] == "gaussian"
+    assert records["failed"]["status"] == "failed" and records["failed"]["message"].startswith("NonFiniteLossError")
 
 
 def test_damaged_files_leave_blanks_not_crashes(sweep):
@@ -327,6 +455,9 @@ def test_damaged_files_leave_blanks_not_crashes(sweep):
     (job / "metrics.json").write_text('{"metrics": {"test/el')  # caught half-written
     (job / "csv" / "metrics.csv").write_text("epoch,step,val/elbo\n0,2,abc\n")
     (job / "images" / "samples.png").write_bytes(b"not a png")
+    # caught writing metrics.json: its record still says running, its process holds the folder
+    write_run_record(job, [], "running", None)
+    hold_folder_lock(job)
     result = compare.compare(sweep)
     row = next(r for r in result.table.rows if r["job"] == "sigma=fixed,beta=2")
     assert row["status"] == "running" and "metrics.json unreadable" in row["message"]

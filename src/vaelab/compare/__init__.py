@@ -16,12 +16,14 @@ the plots show those means with error bars. :func:`plot_rate_distortion`,
 :func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures. The notebook
 ``notebooks/compare_sweep.ipynb`` calls the same functions.
 
-The package: :mod:`~vaelab.compare.records` (reading jobs), :mod:`~vaelab.compare.seeds`
+The package: :mod:`~vaelab.compare.job` (one job folder -> one record: what the job
+states in its run.json and metrics.json), :mod:`~vaelab.compare.records` (finding jobs,
+what a sweep varied), :mod:`~vaelab.compare.seeds`
 (settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`, and
 this module (the command line).
 
 Works on a sweep that is still running or partly failed: missing files leave blanks
-(job status: :mod:`vaelab.compare.records`).
+(job status: :mod:`vaelab.compare.job`).
 
 Numbers are nats per image, as everywhere in vaelab (see README, "What is logged").
 """
@@ -42,23 +44,18 @@ from vaelab.compare.plots import (
     plot_montage,
     plot_rate_distortion,
 )
+from vaelab.compare.job import FAILURE_MARKER, job_status, load_job, load_sweep, read_csv_metrics, sigma_label
 from vaelab.compare.records import (
-    FAILURE_MARKER,
     NESTED,
     STATUS_ORDER,
     config_value,
     find_jobs,
     format_value,
     is_job,
-    load_job,
-    load_sweep,
-    log_failure,
     natural_key,
     parse_override,
-    read_csv_metrics,
     setting,
     short_names,
-    sigma_label,
     sweep_overrides,
     swept_keys,
 )
@@ -78,7 +75,7 @@ from vaelab.compare.table import (
 __all__ = [
     "DEFAULT_METRIC", "FAILURE_MARKER", "NESTED", "OUT_DIR_NAME", "STATUS_ORDER", "Column", "Comparison", "Table",
     "aggregate_seeds", "build_settings_table", "build_table", "compare", "config_value", "find_jobs", "format_value",
-    "group_by_setting", "higher_is_better", "is_job", "job_title", "line_groups", "load_job", "load_sweep", "log_failure",
+    "group_by_setting", "higher_is_better", "is_job", "job_status", "job_title", "line_groups", "load_job", "load_sweep",
     "main", "metric_value", "natural_key", "parse_override", "plot_elbo_nll_vs_beta", "plot_montage",
     "plot_rate_distortion", "rank_within_groups", "read_csv_metrics", "seeds_swept", "setting", "short_names",
     "sigma_label", "sort_records", "sweep_overrides", "swept_keys", "within_noise",
