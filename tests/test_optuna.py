@@ -47,7 +47,12 @@ def test_optuna_minimises_the_validation_negative_elbo(train, tmp_path):
         summary = read_metrics(job)
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         # each trial sets the four searched keys, and its folder is named after them
-        assert {o.partition("=")[0] for o in overrides} >= {"model.beta", "model.optimizer.lr", "model.latent_dim", "likelihood"}
+        assert {o.partition("=")[0] for o in overrides} >= {
+            "model.beta",
+            "model.optimizer.lr",
+            "model.latent_dim",
+            "likelihood",
+        }
         assert job.name.startswith("likelihood=gaussian_")
         values[job.name] = -summary["metrics"]["val/elbo"]
     best = results(folder)
@@ -87,8 +92,14 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(train, tmp_path):
         "      likelihood.sigma_value: choice(1e-30, 0.1)\n"
         "      model.beta: interval(0.5, 2.0)\n"
     )
-    proc = train("-m", "hparams_search=diverging", f"hydra.searchpath=[file://{extra.parent}]", "hydra.sweeper.n_trials=4",
-                 "likelihood=gaussian_fixed", *QUICK)
+    proc = train(
+        "-m",
+        "hparams_search=diverging",
+        f"hydra.searchpath=[file://{extra.parent}]",
+        "hydra.sweeper.n_trials=4",
+        "likelihood=gaussian_fixed",
+        *QUICK,
+    )
     (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     jobs = trials(folder)
     failed = [job for job in jobs if (job / "FAILED").exists()]

@@ -95,7 +95,14 @@ def test_vaelab_eval_overrides_any_key_of_the_stored_data_config(train, tmp_path
     from test_data import write_mnist
 
     write_mnist(tmp_path / "mnist", n_train=40, n_test=12)
-    train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", "debug=short", "hydra.run.dir=run", *QUIET)
+    train(
+        "data=mnist",
+        f"data.root={tmp_path / 'mnist'}",
+        "data.batch_size=16",
+        "debug=short",
+        "hydra.run.dir=run",
+        *QUIET,
+    )
     (tmp_path / "mnist").rename(tmp_path / "moved")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval.json"
@@ -154,10 +161,19 @@ def test_a_single_runs_record_says_how_it_ended_and_a_refused_run_leaves_it_alon
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert job_record.read(tmp_path / "done") == record
 
-    proc = train("debug=short", "likelihood.sigma=fixed", "likelihood.sigma_value=1e-30", "hydra.run.dir=diverged", *QUIET, check=False)
+    proc = train(
+        "debug=short",
+        "likelihood.sigma=fixed",
+        "likelihood.sigma_value=1e-30",
+        "hydra.run.dir=diverged",
+        *QUIET,
+        check=False,
+    )
     assert proc.returncode == 2
     record = job_record.read(tmp_path / "diverged")
-    assert record["status"] == "failed" and record["message"].startswith("NonFiniteLossError: training stopped: the loss became")
+    assert record["status"] == "failed" and record["message"].startswith(
+        "NonFiniteLossError: training stopped: the loss became"
+    )
     loaded = compare.load_job(tmp_path / "diverged")
     assert loaded["status"] == "failed" and loaded["message"] == record["message"]
     assert loaded["likelihood"] == "gaussian" and loaded["comparable"] == "digits, dequantised"

@@ -40,23 +40,34 @@ from vaelab.slurm_watch import PendingWatch, refusal, submitit_root
 
 CLUSTER_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "slurm-cluster.sh"
 # one CPU per job so that the 2-core CI machine runs two jobs at once
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=20",
+]
 QUICK = ["debug=short", "trainer.enable_progress_bar=false"]
 PROXIES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def node_state() -> str:
-    proc = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=30, check=False
+    )
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        pytest.skip("SLURM is not installed here (no sbatch/sinfo); `bash .ci/slurm-cluster.sh` (as root) installs and starts a one-node cluster")
+        pytest.skip(
+            "SLURM is not installed here (no sbatch/sinfo); `bash .ci/slurm-cluster.sh` (as root) installs and starts a one-node cluster"
+        )
     if node_state() not in ("idle", "mix", "alloc"):
         if os.geteuid() != 0:
-            pytest.skip("SLURM is installed but not running, and starting it needs root: run `sudo bash .ci/slurm-cluster.sh`")
+            pytest.skip(
+                "SLURM is installed but not running, and starting it needs root: run `sudo bash .ci/slurm-cluster.sh`"
+            )
         subprocess.run(["bash", str(CLUSTER_SCRIPT)], check=True, timeout=600)
     assert node_state() in ("idle", "mix", "alloc"), f"SLURM node is not usable: {node_state()!r}"
 
@@ -69,7 +80,11 @@ def sweep_dir(root: Path) -> Path:
 def submitted_jobs(sweep: Path) -> list[str]:
     """The SLURM job (array) ids a sweep submitted: submitit names a folder of
     .submitit/ after each (<id>/<id>_submission.sh), beside its tasks' <id>_<task>/."""
-    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit() and (p / f"{p.name}_submission.sh").is_file())
+    return sorted(
+        p.name
+        for p in (sweep / ".submitit").iterdir()
+        if p.name.isdigit() and (p / f"{p.name}_submission.sh").is_file()
+    )
 
 
 def jobs_left(job_ids: list[str], wait_s: float = 60.0) -> list[str]:
@@ -79,8 +94,12 @@ def jobs_left(job_ids: list[str], wait_s: float = 60.0) -> list[str]:
     assert job_ids, "no job ids to look for"
     deadline = time.monotonic() + wait_s
     while True:
-        proc = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={','.join(job_ids)}", "--format=%i %T"],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["squeue", "--noheader", "--array", f"--jobs={','.join(job_ids)}", "--format=%i %T"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         # squeue exits 1 ("Invalid job id") once SLURM has forgotten the only job asked about
         forgotten = proc.returncode != 0 and "Invalid job id" in proc.stderr
         assert proc.returncode == 0 or forgotten, f"squeue failed: {proc.stderr}"
@@ -119,7 +138,11 @@ def test_a_sweep_runs_as_slurm_jobs_and_resumes(slurm_cluster, tmp_path):
     again = run_cli("vaelab-train", *command, cwd=tmp_path, check=False)
     assert again.returncode != 0  # the diverging job fails again
     assert [(job / "metrics.json").stat().st_mtime_ns for job in ok] == stamps, "finished jobs were re-run"
-    reused = [p for p in (folder / ".submitit").glob("*_*/*_log.out") if "Job already finished, reusing its result" in p.read_text()]
+    reused = [
+        p
+        for p in (folder / ".submitit").glob("*_*/*_log.out")
+        if "Job already finished, reusing its result" in p.read_text()
+    ]
     assert len(reused) == 2
     assert sweep_dir(tmp_path) == folder and len([p for p in folder.iterdir() if (p / ".hydra").is_dir()]) == 3
     again_arrays = [job for job in submitted_jobs(folder) if job != array]
@@ -152,9 +175,21 @@ def test_each_job_of_a_sweep_trains_as_two_slurm_tasks_with_ddp(slurm_cluster, t
     server = CountingServer(tmp_path / "www", delay_s=1.0)
     server.start()
     try:
-        run_cli("vaelab-train", "-m", "hydra/launcher=slurm_ddp", "hydra.launcher.gpus_per_node=null",
-                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "trainer=ddp_cpu", "trainer.devices=2",
-                *served_mnist(tmp_path, server.url), *QUICK, "logger=wandb", "model.beta=0.5,2", cwd=tmp_path)
+        run_cli(
+            "vaelab-train",
+            "-m",
+            "hydra/launcher=slurm_ddp",
+            "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2",
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            *served_mnist(tmp_path, server.url),
+            *QUICK,
+            "logger=wandb",
+            "model.beta=0.5,2",
+            cwd=tmp_path,
+        )
     finally:
         server.stop()
     folder = sweep_dir(tmp_path)
@@ -189,14 +224,27 @@ def test_a_request_no_node_can_hold_is_cancelled_and_stops_the_sweep_in_one_line
     """64 CPUs per job on a node with a few: sbatch accepts it, SLURM would keep it
     pending for ever (PartitionConfig). vaelab-train cancels it and says why."""
     started = time.monotonic()
-    proc = run_cli("vaelab-train", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=64", *QUICK,
-                   "model.beta=1,2", cwd=tmp_path, timeout=300, check=False)
+    proc = run_cli(
+        "vaelab-train",
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=64",
+        *QUICK,
+        "model.beta=1,2",
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
     ended = time.time()
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]) and "Traceback" not in proc.stderr
-    node_cpus = max(int(c.rstrip("+")) for c in subprocess.run(
-        ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True).stdout.split())
+    node_cpus = max(
+        int(c.rstrip("+"))
+        for c in subprocess.run(
+            ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
     assert "never start job array" in errors[0] and "reason PartitionConfig" in errors[0]
     assert f"64 CPUs per node (nodes here have at most {node_cpus})" in errors[0]
     assert "hydra.launcher.cpus_per_task" in errors[0] and "cancelled" in errors[0]
@@ -204,35 +252,69 @@ def test_a_request_no_node_can_hold_is_cancelled_and_stops_the_sweep_in_one_line
     assert f"scancel {array}" in errors[0]
     assert jobs_left([array], wait_s=10) == [], "the job that can never start is still queued"
     submitted = (sweep_dir(tmp_path) / ".submitit" / array / f"{array}_submission.sh").stat().st_mtime
-    print(f"unsatisfiable request: command {time.monotonic() - started:.1f} s, submission to exit {ended - submitted:.1f} s")
+    print(
+        f"unsatisfiable request: command {time.monotonic() - started:.1f} s, submission to exit {ended - submitted:.1f} s"
+    )
     assert ended - submitted < 60
 
 
 # -- vaelab.slurm_requests' decisions, on SLURM's own text (no cluster needed) -------
-NODE = ("NodeName=vm Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.44 AvailableFeatures=(null) "
-        "ActiveFeatures=(null) Gres=(null) NodeAddr=127.0.0.1 NodeHostName=vm Version=22.05.8 OS=Linux 6.18.44-fc-v1045 "
-        "#1 SMP PREEMPT_DYNAMIC @0  RealMemory=23081 AllocMem=0 FreeMem=22562 Sockets=2 Boards=1 State=IDLE "
-        "ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A Partitions=debug  BootTime=2026-12-01T20:36:01 "
-        "CfgTRES=cpu=2,mem=23081M,billing=2 AllocTRES= CapWatts=n/a")
-GPU_NODE = ("NodeName=g1 CPUTot=32 RealMemory=256000 Gres=gpu:a100:4(S:0-1) State=MIXED Partitions=gpu,all")
-PARTITION = ("PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE MaxNodes=UNLIMITED "
-             "MaxTime=UNLIMITED MinNodes=0 Nodes=vm State=UP TotalCPUs=2 TotalNodes=1 TRES=cpu=2,mem=23081M,node=1")
-PENDING_JOB = ("JobId=39 ArrayJobId=39 ArrayTaskId=0-2%2 ArrayTaskThrottle=2 JobName=train JobState=PENDING "
-               "Reason=PartitionConfig Dependency=(null) TimeLimit=04:00:00 Partition=debug NodeList= NumNodes=1 "
-               "NumCPUs=64 NumTasks=1 CPUs/Task=64 ReqB:S:C:T=0:0:*:* TRES=cpu=64,mem=2G,node=1,billing=64 "
-               "Socks/Node=* NtasksPerN:B:S:C=0:0:*:* MinCPUsNode=64 MinMemoryNode=2G MinTmpDiskNode=0 "
-               "Command=/tmp/j.sh WorkDir=/tmp StdErr=/dev/null")
+NODE = (
+    "NodeName=vm Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.44 AvailableFeatures=(null) "
+    "ActiveFeatures=(null) Gres=(null) NodeAddr=127.0.0.1 NodeHostName=vm Version=22.05.8 OS=Linux 6.18.44-fc-v1045 "
+    "#1 SMP PREEMPT_DYNAMIC @0  RealMemory=23081 AllocMem=0 FreeMem=22562 Sockets=2 Boards=1 State=IDLE "
+    "ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A Partitions=debug  BootTime=2026-12-01T20:36:01 "
+    "CfgTRES=cpu=2,mem=23081M,billing=2 AllocTRES= CapWatts=n/a"
+)
+GPU_NODE = "NodeName=g1 CPUTot=32 RealMemory=256000 Gres=gpu:a100:4(S:0-1) State=MIXED Partitions=gpu,all"
+PARTITION = (
+    "PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE MaxNodes=UNLIMITED "
+    "MaxTime=UNLIMITED MinNodes=0 Nodes=vm State=UP TotalCPUs=2 TotalNodes=1 TRES=cpu=2,mem=23081M,node=1"
+)
+PENDING_JOB = (
+    "JobId=39 ArrayJobId=39 ArrayTaskId=0-2%2 ArrayTaskThrottle=2 JobName=train JobState=PENDING "
+    "Reason=PartitionConfig Dependency=(null) TimeLimit=04:00:00 Partition=debug NodeList= NumNodes=1 "
+    "NumCPUs=64 NumTasks=1 CPUs/Task=64 ReqB:S:C:T=0:0:*:* TRES=cpu=64,mem=2G,node=1,billing=64 "
+    "Socks/Node=* NtasksPerN:B:S:C=0:0:*:* MinCPUsNode=64 MinMemoryNode=2G MinTmpDiskNode=0 "
+    "Command=/tmp/j.sh WorkDir=/tmp StdErr=/dev/null"
+)
 
 
 def test_pending_reasons_that_never_clear_and_those_that_do():
-    for reason in ("PartitionConfig", "PartitionTimeLimit", "BadConstraints",
-                   "DependencyNeverSatisfied", "InvalidQOS", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob",
-                   "QOSMaxWallDurationPerJobLimit", "QOSMaxGRESPerNode", "AssocMaxNodePerJobLimit", "QOSMinCpuNotSatisfied"):
+    for reason in (
+        "PartitionConfig",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidQOS",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxMemoryPerJob",
+        "QOSMaxWallDurationPerJobLimit",
+        "QOSMaxGRESPerNode",
+        "AssocMaxNodePerJobLimit",
+        "QOSMinCpuNotSatisfied",
+    ):
         assert is_permanent(reason), reason
-    for reason in ("Resources", "Priority", "JobArrayTaskLimit", "Dependency", "BeginTime", "None", "Reservation",
-                   "QOSMaxJobsPerUserLimit", "QOSMaxCpuPerUserLimit", "QOSMaxSubmitJobPerUserLimit", "AssocMaxJobsLimit",
-                   "AssocGrpCpuLimit", "QOSGrpGRES", "PartitionDown", "NodeDown", "JobHeldUser",
-                   "ReqNodeNotAvail, UnavailableNodes:vm", "PartitionNodeLimit"):
+    for reason in (
+        "Resources",
+        "Priority",
+        "JobArrayTaskLimit",
+        "Dependency",
+        "BeginTime",
+        "None",
+        "Reservation",
+        "QOSMaxJobsPerUserLimit",
+        "QOSMaxCpuPerUserLimit",
+        "QOSMaxSubmitJobPerUserLimit",
+        "AssocMaxJobsLimit",
+        "AssocGrpCpuLimit",
+        "QOSGrpGRES",
+        "PartitionDown",
+        "NodeDown",
+        "JobHeldUser",
+        "ReqNodeNotAvail, UnavailableNodes:vm",
+        "PartitionNodeLimit",
+    ):
         assert not is_permanent(reason), reason
     # these also stand for nodes that are down, drained or reserved: permanent only when
     # the partition's nodes could never hold the job
@@ -248,7 +330,9 @@ def test_request_and_offer_read_from_scontrol_and_the_one_line_message():
     (job,) = parse_records(PENDING_JOB)
     assert job["CPUs/Task"] == "64" and job["Command"] == "/tmp/j.sh"
     request = Request.from_job(job)
-    assert request == Request("debug", nodes=1, cpus_per_node=64, memory_mb_per_node=2048, gpus_per_node=0, time_min=240)
+    assert request == Request(
+        "debug", nodes=1, cpus_per_node=64, memory_mb_per_node=2048, gpus_per_node=0, time_min=240
+    )
     (node,) = parse_records(NODE)
     assert node["OS"] == "Linux 6.18.44-fc-v1045 #1 SMP PREEMPT_DYNAMIC @0" and node["RealMemory"] == "23081"
     partition = Partition.from_records(parse_records(PARTITION)[0], parse_records(NODE + "\n" + GPU_NODE))
@@ -271,33 +355,64 @@ def test_request_and_offer_read_from_scontrol_and_the_one_line_message():
     assert found["gpus"] == "8 GPUs per node (nodes here have at most 4)"
     assert found["time"] == "a time limit of 4320 min (the partition allows at most 2880)"
     assert dict(shortfalls(Request("gpu", nodes=2, gpus_per_node=4), gpu)) == {
-        "nodes": "2 nodes (the partition has 1 that could run it)"}
+        "nodes": "2 nodes (the partition has 1 that could run it)"
+    }
     assert shortfalls(Request("gpu", nodes=1, cpus_per_node=32, gpus_per_node=4, time_min=60), gpu) == []
 
 
 def test_units_of_scontrol_fields():
     assert [megabytes(t) for t in ("2000M", "16G", "1T", "23081", "512K", "UNLIMITED", None)] == [
-        2000, 16384, 1048576, 23081, 0.5, None, None]
+        2000,
+        16384,
+        1048576,
+        23081,
+        0.5,
+        None,
+        None,
+    ]
     assert [minutes(t) for t in ("04:00:00", "1-00:00:00", "2-12", "30:00", "90", "UNLIMITED", "Partition_Limit")] == [
-        240, 1440, 3600, 30, 90, None, None]
-    assert [gpu_count(t) for t in ("gpu:2", "gpu:a100:4(S:0-1)", "gres:gpu:1", "gres/gpu=2", "(null)", "gpu:a100:2,gpu:v100:1")] == [
-        2, 4, 1, 2, 0, 3]
+        240,
+        1440,
+        3600,
+        30,
+        90,
+        None,
+        None,
+    ]
+    assert [
+        gpu_count(t)
+        for t in ("gpu:2", "gpu:a100:4(S:0-1)", "gres:gpu:1", "gres/gpu=2", "(null)", "gpu:a100:2,gpu:v100:1")
+    ] == [2, 4, 1, 2, 0, 3]
     assert reason_code("ReqNodeNotAvail, UnavailableNodes:vm") == "ReqNodeNotAvail"
 
 
 def test_sbatch_refusal_and_launcher_settings_make_the_same_kind_of_line():
-    request = Request.from_launcher({"partition": None, "nodes": 1, "tasks_per_node": 2, "cpus_per_task": 2,
-                                           "mem_gb": 64, "gpus_per_node": None, "timeout_min": 240})
+    request = Request.from_launcher(
+        {
+            "partition": None,
+            "nodes": 1,
+            "tasks_per_node": 2,
+            "cpus_per_task": 2,
+            "mem_gb": 64,
+            "gpus_per_node": None,
+            "timeout_min": 240,
+        }
+    )
     assert request == Request(None, 1, 4, 65536.0, 0, 240.0)
     partition = Partition.from_records(parse_records(PARTITION)[0], parse_records(NODE))
     text = message(request, partition, refused="Memory specification can not be satisfied")
-    assert text.startswith("sbatch refused this sweep's jobs (Memory specification can not be satisfied): each asks "
-                           "for 4 CPUs per node (nodes here have at most 2) and 64 GB memory per node")
-    assert text.endswith("Lower hydra.launcher.cpus_per_task (x tasks_per_node), hydra.launcher.mem_gb or choose "
-                         "another hydra.launcher.partition")
+    assert text.startswith(
+        "sbatch refused this sweep's jobs (Memory specification can not be satisfied): each asks "
+        "for 4 CPUs per node (nodes here have at most 2) and 64 GB memory per node"
+    )
+    assert text.endswith(
+        "Lower hydra.launcher.cpus_per_task (x tasks_per_node), hydra.launcher.mem_gb or choose "
+        "another hydra.launcher.partition"
+    )
     gone = Request("gpu")
     assert message(gone, None, refused="invalid partition specified: gpu", partitions=["debug"]).endswith(
-        "partition gpu does not exist here (partitions: debug). Set hydra.launcher.partition to one of them")
+        "partition gpu does not exist here (partitions: debug). Set hydra.launcher.partition to one of them"
+    )
     assert refusal(RuntimeError("Job (task=0) failed during processing"), {}) is None
     assert issubclass(SlurmRequestError, UserError)  # reported as one line, exit code 2
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra.core.utils import JobReturn
+
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
 

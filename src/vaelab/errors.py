@@ -42,7 +42,14 @@ from vaelab.sweeps import (
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, HydraException, OmegaConfBaseException)
 
 # Lines of Hydra's and OmegaConf's messages that locate rather than explain.
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "Set the environment variable")
+_NOISE = (
+    "full_key:",
+    "object_type=",
+    "reference_type=",
+    "Config search path",
+    "provider=",
+    "Set the environment variable",
+)
 
 #: whether the user asked for tracebacks (read once, before run_cli changes the variable)
 _SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -60,7 +67,9 @@ def _unknown_override(error: BaseException) -> str | None:
     full_key = named.group(1)
     value = re.search(r"use \+" + re.escape(full_key) + r"=(.*)$", str(error), re.MULTILINE)
     parent = getattr(cause, "parent_node", None)
-    return unknown_key_message(full_key, value.group(1) if value else None, parent if isinstance(parent, DictConfig) else None)
+    return unknown_key_message(
+        full_key, value.group(1) if value else None, parent if isinstance(parent, DictConfig) else None
+    )
 
 
 def one_line(error: BaseException) -> str | None:
@@ -124,8 +133,12 @@ def report_user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
                 worst = value_for_failed_job()
                 if worst is None:
                     raise
-                print(f"error: this trial failed ({type(error).__name__}: {error}); reported to the sweeper as {worst}, "
-                      f"details in {failure}", file=sys.stderr, flush=True)
+                print(
+                    f"error: this trial failed ({type(error).__name__}: {error}); reported to the sweeper as {worst}, "
+                    f"details in {failure}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return worst
             message = one_line(error)
             if message is None or _SHOW_TRACEBACKS:

@@ -27,7 +27,11 @@ class NonFiniteLossError(UserError, FloatingPointError):
     """Training diverged: the loss became NaN or infinite."""
 
     def __init__(self, value: float, step: int, epoch: int, checkpoint: str | None):
-        kept = f"the last good checkpoint, {checkpoint}, is kept as it was" if checkpoint else "no checkpoint had been saved yet"
+        kept = (
+            f"the last good checkpoint, {checkpoint}, is kept as it was"
+            if checkpoint
+            else "no checkpoint had been saved yet"
+        )
         super().__init__(
             f"training stopped: the loss became {value} at step {step} (epoch {epoch}); {kept}. "
             "Lower model.optimizer.lr, raise likelihood.log_sigma_min or set trainer.gradient_clip_val."

@@ -85,7 +85,7 @@ def _cut(items: list[str], sep: str, limit: int) -> tuple[str, bool]:
     """``items`` joined by ``sep``, whole items only, at most ``limit`` characters (the
     first item is cut if it alone is longer); and whether any was left out."""
     text = ""
-    for i, item in enumerate(items):
+    for item in items:
         longer = f"{text}{sep}{item}" if text else item
         if len(longer) > limit:
             return (text or item[:limit]), True
@@ -111,7 +111,11 @@ def job_name() -> str:
     # keys the command sets to one value for every job (compared by key: Hydra writes
     # a job's values back normalised, e.g. `false` as `False`)
     shared = {override_key(o) for o in command_overrides() if not is_swept(o)}
-    own = [o for o in HydraConfig.get().overrides.task if override_key(o) not in shared and not override_key(o).startswith("hydra")]
+    own = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if override_key(o) not in shared and not override_key(o).startswith("hydra")
+    ]
     if not own:
         return f"job{HydraConfig.get().job.num}"
     return job_folder_name(own)
@@ -162,7 +166,9 @@ def job_states(folder: Path) -> dict[str, int]:
     for job in folder.iterdir() if folder.is_dir() else []:
         if not (job / ".hydra").is_dir():
             continue
-        state = "done" if (job / "metrics.json").is_file() else "failed" if (job / "FAILED").is_file() else "not finished"
+        state = (
+            "done" if (job / "metrics.json").is_file() else "failed" if (job / "FAILED").is_file() else "not finished"
+        )
         states[state] += 1
     return states
 

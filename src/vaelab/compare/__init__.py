@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaelab.compare.job import FAILURE_MARKER, job_status, load_job, load_sweep, read_csv_metrics, sigma_label
 from vaelab.compare.plots import (
     job_title,
     line_groups,
@@ -44,7 +45,6 @@ from vaelab.compare.plots import (
     plot_montage,
     plot_rate_distortion,
 )
-from vaelab.compare.job import FAILURE_MARKER, job_status, load_job, load_sweep, read_csv_metrics, sigma_label
 from vaelab.compare.records import (
     NESTED,
     STATUS_ORDER,
@@ -73,12 +73,46 @@ from vaelab.compare.table import (
 )
 
 __all__ = [
-    "DEFAULT_METRIC", "FAILURE_MARKER", "NESTED", "OUT_DIR_NAME", "STATUS_ORDER", "Column", "Comparison", "Table",
-    "aggregate_seeds", "build_settings_table", "build_table", "compare", "config_value", "find_jobs", "format_value",
-    "group_by_setting", "higher_is_better", "is_job", "job_status", "job_title", "line_groups", "load_job", "load_sweep",
-    "main", "metric_value", "natural_key", "parse_override", "plot_elbo_nll_vs_beta", "plot_montage",
-    "plot_rate_distortion", "rank_within_groups", "read_csv_metrics", "seeds_swept", "setting", "short_names",
-    "sigma_label", "sort_records", "sweep_overrides", "swept_keys", "within_noise",
+    "DEFAULT_METRIC",
+    "FAILURE_MARKER",
+    "NESTED",
+    "OUT_DIR_NAME",
+    "STATUS_ORDER",
+    "Column",
+    "Comparison",
+    "Table",
+    "aggregate_seeds",
+    "build_settings_table",
+    "build_table",
+    "compare",
+    "config_value",
+    "find_jobs",
+    "format_value",
+    "group_by_setting",
+    "higher_is_better",
+    "is_job",
+    "job_status",
+    "job_title",
+    "line_groups",
+    "load_job",
+    "load_sweep",
+    "main",
+    "metric_value",
+    "natural_key",
+    "parse_override",
+    "plot_elbo_nll_vs_beta",
+    "plot_montage",
+    "plot_rate_distortion",
+    "rank_within_groups",
+    "read_csv_metrics",
+    "seeds_swept",
+    "setting",
+    "short_names",
+    "sigma_label",
+    "sort_records",
+    "sweep_overrides",
+    "swept_keys",
+    "within_noise",
 ]
 
 OUT_DIR_NAME = "compare"
@@ -113,8 +147,10 @@ def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None
         settings = build_settings_table(records, metric)
         written.append(settings.write_csv(out / "settings.csv"))
         markdown = (
-            f"# Sweep {sweep.resolve()}\n\n" + settings.markdown(title="Settings over seeds", level=2)
-            + "\n" + table.markdown(title="Every job", level=2)
+            f"# Sweep {sweep.resolve()}\n\n"
+            + settings.markdown(title="Settings over seeds", level=2)
+            + "\n"
+            + table.markdown(title="Every job", level=2)
         )
         ordered = sort_records(aggregate_seeds(records), table.metric)
     written[0].write_text(markdown)
@@ -139,10 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compare the jobs of a vaelab sweep: a table sorted by test NLL, rate-distortion and "
         "ELBO/NLL-vs-beta plots, and a montage of samples. Writes into <sweep>/compare/ unless --out is given.",
     )
-    parser.add_argument("sweep", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of job folders")
+    parser.add_argument(
+        "sweep", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of job folders"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <sweep>/compare)")
     parser.add_argument(
-        "--metric", default=DEFAULT_METRIC,
+        "--metric",
+        default=DEFAULT_METRIC,
         help=f"metric to sort by (default {DEFAULT_METRIC}, falling back to -test/elbo); "
         "ELBO and recon metrics sort highest first, others lowest first",
     )

@@ -130,7 +130,11 @@ def job_status(job_dir: Path, own: dict[str, Any] | None, summary: dict | None, 
         return "unknown", f"{job_record.NAME} holds status {state!r}"
     alive = job_record.still_running(job_dir, own)
     if alive is False:
-        how = "the sweep run again continues it" if own.get("folder_lock") else f"its process (pid {own.get('pid')}) is gone"
+        how = (
+            "the sweep run again continues it"
+            if own.get("folder_lock")
+            else f"its process (pid {own.get('pid')}) is gone"
+        )
         return "interrupted", f"stopped while training (killed, or out of time): {how}"
     note = "" if alive else f"training on {own.get('host')}: from here it cannot be told whether it still runs"
     return ("running" if logged_rows else "started"), note
@@ -160,7 +164,13 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
     job_dir = Path(job_dir)
     sweep = Path(sweep) if sweep is not None else job_dir
     rel = job_dir.relative_to(sweep).as_posix() if job_dir != sweep and job_dir.is_relative_to(sweep) else job_dir.name
-    record: dict[str, Any] = {"job": rel, "path": str(job_dir.absolute()), "sweep": str(sweep), "status": "started", "message": ""}
+    record: dict[str, Any] = {
+        "job": rel,
+        "path": str(job_dir.absolute()),
+        "sweep": str(sweep),
+        "status": "started",
+        "message": "",
+    }
     problems: list[str] = []
 
     def read(path: Path, reader: Any, default: Any) -> Any:
@@ -215,16 +225,29 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
         record["global_step"] = None
     record["val_elbo_best"] = best.get("val/elbo", record.get("val/elbo"))
 
-    beta_eff = next((record[k] for k in ("test/beta_eff", "val/beta_eff", "train/beta_eff_epoch", "train/beta_eff") if record.get(k) is not None), None)
+    beta_eff = next(
+        (
+            record[k]
+            for k in ("test/beta_eff", "val/beta_eff", "train/beta_eff_epoch", "train/beta_eff")
+            if record.get(k) is not None
+        ),
+        None,
+    )
     record["beta_eff"] = beta_eff if kind != "bernoulli" else None
     if record.get("test/nll_iw") is not None:
-        record["nll"], record["nll_source"], record["bpd"] = record["test/nll_iw"], "test/nll_iw", record.get("test/bpd_iw")
+        record["nll"], record["nll_source"], record["bpd"] = (
+            record["test/nll_iw"],
+            "test/nll_iw",
+            record.get("test/bpd_iw"),
+        )
     elif record.get("test/elbo") is not None:
         record["nll"], record["nll_source"], record["bpd"] = -record["test/elbo"], "-test/elbo", record.get("test/bpd")
     else:
         record["nll"], record["nll_source"], record["bpd"] = None, "", None
     record["active_units"] = record.get("test/active_units")
-    record["collapsed"] = is_collapsed(record["active_units"], record.get("test/kl")) if record.get("test/kl") is not None else None
+    record["collapsed"] = (
+        is_collapsed(record["active_units"], record.get("test/kl")) if record.get("test/kl") is not None else None
+    )
     images = job_dir / "images"
     record["has_samples"] = (images / "samples.png").is_file()
     record["has_sigma_map"] = (images / "sigma_map.png").is_file()
