@@ -16,7 +16,7 @@ define install
 	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 endef
 
-.PHONY: setup setup-test notebook train test test-fast check-lowest bench clean
+.PHONY: setup setup-test notebook train lint test test-fast check-lowest clean
 
 # the package and what it needs to train, evaluate, sweep (grids, locally) and compare: the core
 # install, without the extras (optuna, slurm, tensorboard, notebook: pip install -e '.[optuna]')
@@ -47,9 +47,15 @@ $(VENV)/.installed-notebook: $(VENV)/.pip pyproject.toml constraints.txt
 train: setup
 	$(BIN)/vaelab-train $(ARGS)
 
-# the whole test suite, slow end-to-end tests included (what CI runs)
-test: setup-test
-	$(BIN)/pytest -m "slow or not slow" $(ARGS)
+# the linter and the formatter's check (configured in pyproject.toml)
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# the linter, then the whole test suite, slow end-to-end tests included (what CI runs);
+# the 25 slowest tests are listed at the end
+test: lint
+	$(BIN)/pytest -m "slow or not slow" --durations=25 $(ARGS)
 
 # the fast tests only
 test-fast: setup-test

@@ -76,7 +76,12 @@ def main() -> None:
     started = time.perf_counter()
     eval_file = run_dir / "eval_k5000.json"
     run(
-        [str(bin_dir / "vaelab-eval"), f"ckpt_path={best}", f"iw_samples={args.iw_samples}", f"output_file={eval_file}"],
+        [
+            str(bin_dir / "vaelab-eval"),
+            f"ckpt_path={best}",
+            f"iw_samples={args.iw_samples}",
+            f"output_file={eval_file}",
+        ],
         {**env, "OMP_NUM_THREADS": str(args.eval_threads)},
         Path.cwd(),
     )

@@ -60,7 +60,11 @@ def main() -> None:
         best = min(pool, key=lambda s: s["nll"])
         close = [s for s in pool if s is not best and within_noise(s, best, "nll")]
         runner = sorted((s for s in pool if s is not best), key=lambda s: s["nll"])[:1]
-        gap = f"; next: {runner[0]['decoder']} beta={runner[0]['beta']:g}, {runner[0]['nll'] - best['nll']:.1f} nats worse" if runner else ""
+        gap = (
+            f"; next: {runner[0]['decoder']} beta={runner[0]['beta']:g}, {runner[0]['nll'] - best['nll']:.1f} nats worse"
+            if runner
+            else ""
+        )
         where = f"beta={beta:g}" if beta is not None else "any beta"
         print(
             f"- {where}: {best['decoder']} beta={best['beta']:g}, NLL {fmt(best, 'nll', 1)}{gap}; within noise: "
@@ -72,7 +76,9 @@ def main() -> None:
         return min(pool, key=lambda s: s["nll"]) if pool else None
 
     tuned = best_of("fixed 0.1")
-    print("\nsigma-VAE (Rybkin et al., 2021): fixed sigma with a tuned beta against learned/optimal shared sigma at beta = 1")
+    print(
+        "\nsigma-VAE (Rybkin et al., 2021): fixed sigma with a tuned beta against learned/optimal shared sigma at beta = 1"
+    )
     if tuned:
         print(f"- fixed 0.1, best beta={tuned['beta']:g}: NLL {fmt(tuned, 'nll', 1)}")
         for name in ("learned_shared", "optimal (shared)"):
@@ -81,7 +87,8 @@ def main() -> None:
                 verdict = within_noise(s, tuned, "nll")
                 print(
                     f"- {name} at beta=1: NLL {fmt(s, 'nll', 1)} ({s['nll'] - tuned['nll']:+.1f} nats; "
-                    + {True: "within noise", False: "a real difference", None: "no spread"}[verdict] + ")"
+                    + {True: "within noise", False: "a real difference", None: "no spread"}[verdict]
+                    + ")"
                 )
 
 

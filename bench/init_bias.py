@@ -27,7 +27,14 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
-LIKELIHOODS = ("gaussian_fixed", "gaussian_learned_shared", "gaussian_learned_pixel", "gaussian_predicted", "gaussian_optimal", "bernoulli")
+LIKELIHOODS = (
+    "gaussian_fixed",
+    "gaussian_learned_shared",
+    "gaussian_learned_pixel",
+    "gaussian_predicted",
+    "gaussian_optimal",
+    "bernoulli",
+)
 BETAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -55,9 +62,16 @@ def one(job: tuple[str, float, int, bool, int, list[str]]) -> dict:
     started = time.perf_counter()
     result = train_reference(cfg, datamodule, epochs=epochs, seed=seed, init_output_bias=init_bias)
     return {
-        "likelihood": likelihood, "beta": beta, "seed": seed, "init_output_bias": init_bias, "epochs": epochs,
-        "test_elbo": result.elbo, "test_kl": result.kl, "active_units": result.active_units,
-        "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - started, 1),
+        "likelihood": likelihood,
+        "beta": beta,
+        "seed": seed,
+        "init_output_bias": init_bias,
+        "epochs": epochs,
+        "test_elbo": result.elbo,
+        "test_kl": result.kl,
+        "active_units": result.active_units,
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -107,8 +121,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"init_bias_{args.data}_{time.strftime('%Y%m%d_%H%M%S')}.json"
-    meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "python": sys.version.split()[0], "wall_seconds": round(wall, 1), "args": vars(args)}
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "wall_seconds": round(wall, 1),
+        "args": vars(args),
+    }
     path.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
     print(f"\n{wall:.0f} s; records: {path}")
 

@@ -27,8 +27,8 @@ import torch
 from hydra.utils import instantiate
 from throughput import HandLoop, Interleave, compose_config, mnist_present
 
-from vaelab.config import instantiate_dict
 from vaelab.build import build_model, load_data_now
+from vaelab.config import instantiate_dict
 
 TINY = ["model.encoder.hidden=[8]", "model.latent_dim=2", "model.test_iw_samples=0"]
 

@@ -52,7 +52,9 @@ def main() -> None:
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
         first = members[0]
         settings[key] = {
-            "name": first["decoder"], "beta": first["beta"], "group": first["comparable"],
+            "name": first["decoder"],
+            "beta": first["beta"],
+            "group": first["comparable"],
             "curve": {e: statistics.fmean(c[e] for c in curves) for e in epochs},
         }
     epochs = sorted(set.intersection(*(set(s["curve"]) for s in settings.values())))
@@ -73,7 +75,9 @@ def main() -> None:
             return [f"{s['name']}|{s['beta']}" for s in ranked]
 
         final = order(last)
-        cells = [f"{kendall_tau(order(e), final):+.2f} / {'yes' if order(e)[0] == final[0] else 'no'}" for e in epochs[:-1]]
+        cells = [
+            f"{kendall_tau(order(e), final):+.2f} / {'yes' if order(e)[0] == final[0] else 'no'}" for e in epochs[:-1]
+        ]
         label = f"{group}, beta={beta:g}" if isinstance(beta, float) else f"{group}, {beta}"
         print(f"| {label} ({len(members)} settings) | " + " | ".join(cells) + " |")
 

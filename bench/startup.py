@@ -40,7 +40,18 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 TIMINGS = ["+callbacks.timings._target_=vaelab.timings.Timings", "+callbacks.timings.dirpath=${paths.output_dir}"]
-HEAVY = ("wandb", "matplotlib", "optuna", "sklearn", "scipy", "tensorboard", "pandas", "PIL", "torch._dynamo", "torchvision")
+HEAVY = (
+    "wandb",
+    "matplotlib",
+    "optuna",
+    "sklearn",
+    "scipy",
+    "tensorboard",
+    "pandas",
+    "PIL",
+    "torch._dynamo",
+    "torchvision",
+)
 
 
 def launch(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
@@ -133,7 +144,15 @@ def sweep(cwd: Path, env: dict[str, str], n_jobs: int, name: str, overrides: lis
         t = json.loads(timings_file.read_text())
         job_start = (job / ".hydra" / "config.yaml").stat().st_mtime
         job_end = (job / "metrics.json").stat().st_mtime
-        jobs.append({"job": job.name, "fit_s": t["fit_s"], "train_s": t["train_s"], "validation_s": t["validation_s"], "job_s": job_end - job_start})
+        jobs.append(
+            {
+                "job": job.name,
+                "fit_s": t["fit_s"],
+                "train_s": t["train_s"],
+                "validation_s": t["validation_s"],
+                "job_s": job_end - job_start,
+            }
+        )
     if len(jobs) != len(betas):
         raise SystemExit(f"{len(jobs)} of {len(betas)} jobs wrote timings in {folder}")
     total = {k: sum(j[k] for j in jobs) for k in ("fit_s", "train_s", "job_s")}
@@ -178,7 +197,9 @@ def main() -> None:
     quick = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", *args.overrides]
 
     _, record["python_bare_s"] = python_seconds(None, env, 3)
-    record["import_vaelab_train_s"], record["python_import_vaelab_train_process_s"] = python_seconds("vaelab.train", env, 3)
+    record["import_vaelab_train_s"], record["python_import_vaelab_train_process_s"] = python_seconds(
+        "vaelab.train", env, 3
+    )
     record["heavy_imports_digits"] = heavy_imports(quick, scratch, env)
     print(
         f"bare interpreter: {record['python_bare_s']:.2f} s; import vaelab.train: {record['import_vaelab_train_s']:.2f} s "
@@ -189,7 +210,10 @@ def main() -> None:
 
     runs = [startup(quick, scratch, env) for _ in range(args.repeats)]
     record["digits"] = runs
-    median = {k: statistics.median(r[k] for r in runs) for k in ("command_to_first_step_s", "command_to_fit_start_s", "fit_start_to_first_step_s")}
+    median = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("command_to_first_step_s", "command_to_fit_start_s", "fit_start_to_first_step_s")
+    }
     record["digits_median"] = median
     print(
         f"digits, default model: command -> first training step {median['command_to_first_step_s']:.2f} s "

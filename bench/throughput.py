@@ -67,9 +67,9 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from vaelab.build import build_model, load_data_now
 from vaelab.config import config_dir, instantiate_dict
 from vaelab.model import maths
-from vaelab.build import build_model, load_data_now
 
 # steps per timed segment, segments per round (per Lightning run)
 PLAN = {
@@ -152,10 +152,14 @@ class Interleave(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start = None  # no segment spans an epoch's end, validation, or its first batch
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         synchronize(pl_module.device)
         now = time.perf_counter()
-        action = self.action(trainer.current_epoch, batch_idx, self.start is not None, self.start_batch, len(self.lightning_s))
+        action = self.action(
+            trainer.current_epoch, batch_idx, self.start is not None, self.start_batch, len(self.lightning_s)
+        )
         if action == "warmup":
             self.hand.run(WARMUP)
         elif action == "end":
@@ -206,7 +210,9 @@ def quiet(log_file: io.TextIOBase):
 
 
 # -- the two Lightning runs ------------------------------------------------------------------------
-def run_vaelab(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase) -> None:
+def run_vaelab(
+    cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase
+) -> None:
     """vaelab's training as vaelab.train.train builds it (without the final test)."""
     with quiet(log_file):
         model = build_model(cfg, datamodule)
@@ -248,18 +254,24 @@ class BareVAE(pl.LightningModule):
         return self.optimizer_factory(params=self.parameters())
 
 
-def run_floor(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase) -> None:
+def run_floor(
+    cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase
+) -> None:
     """BareVAE through the Trainer that vaelab's config builds (callbacks, logger, progress bar)."""
     with quiet(log_file):
         model = build_model(cfg, datamodule)
         model.load_state_dict(init_state)
         module = BareVAE(model, instantiate(cfg.model.optimizer))
         callbacks = [*instantiate_dict(cfg.get("callbacks")), timer]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_dict(cfg.get("logger")) or False, max_steps=max_steps)
+        trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=instantiate_dict(cfg.get("logger")) or False, max_steps=max_steps
+        )
         trainer.fit(module, datamodule=datamodule)
 
 
-def run_barebones(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase) -> None:
+def run_barebones(
+    cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase
+) -> None:
     """BareVAE through ``Trainer(barebones=True)``: Lightning's own mode for measuring its
     overhead (no logger, checkpoints, progress bar or model summary, and Lightning's
     default pass-through profiler, which that mode insists on), with only the timing
@@ -308,7 +320,9 @@ class TemplateVAE(pl.LightningModule):
         return self.optimizer_factory(params=self.parameters())
 
 
-def run_dataloader(cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase) -> None:
+def run_dataloader(
+    cfg: Any, datamodule: Any, init_state: dict, timer: Interleave, max_steps: int, log_file: io.TextIOBase
+) -> None:
     with quiet(log_file):
         model = build_model(cfg, datamodule)
         model.load_state_dict(init_state)
@@ -334,7 +348,9 @@ def mnist_present(root: Path) -> bool:
     return all((root / n).exists() or (root / f"{n}.gz").exists() for n in names)
 
 
-def compose_config(model: str, batch_size: int, mnist: Path | None, out: Path, extra: list[str], accelerator: str = "cpu") -> Any:
+def compose_config(
+    model: str, batch_size: int, mnist: Path | None, out: Path, extra: list[str], accelerator: str = "cpu"
+) -> Any:
     data = ["data=digits"] if mnist is None else ["data=mnist", f"data.root={mnist}", "data.download=false"]
     trainer = ["trainer=gpu"] if accelerator == "gpu" else []
     overrides = [*data, *trainer, f"model={model}", f"data.batch_size={batch_size}", f"paths.output_dir={out}", *extra]
@@ -351,7 +367,9 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
     batch_size = int(batch)
     block, segments = PLAN.get((model_name, batch_size), (10, 8))
     block = max(1, round(block * args.steps_scale))
-    cfg = compose_config(model_name, batch_size, mnist, scratch / spec.replace(":", ""), args.overrides, args.accelerator)
+    cfg = compose_config(
+        model_name, batch_size, mnist, scratch / spec.replace(":", ""), args.overrides, args.accelerator
+    )
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
@@ -418,7 +436,9 @@ def measure(spec: str, args: argparse.Namespace, mnist: Path | None, scratch: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist", default="../shared/data/mnist", help="folder with the MNIST IDX files (digits if absent)")
+    parser.add_argument(
+        "--mnist", default="../shared/data/mnist", help="folder with the MNIST IDX files (digits if absent)"
+    )
     parser.add_argument("--configs", default="mlp:128,mlp:512,conv:128,conv:512", help="model:batch_size,...")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all three")
     parser.add_argument(
@@ -494,7 +514,10 @@ def main() -> None:
     }
     path = out / f"throughput_{int(time.time())}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"# load after: {os.getloadavg()[0]:.2f}; peak RSS of the bench process {peak_mb:.0f} MB; record: {path}", flush=True)
+    print(
+        f"# load after: {os.getloadavg()[0]:.2f}; peak RSS of the bench process {peak_mb:.0f} MB; record: {path}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def test_read_checkpoint_names_the_file_and_what_is_wrong(tmp_path):
 
 def test_only_typed_errors_are_one_liners():
     assert one_line(ConfigError("model.beta=-1 is not allowed")) == "model.beta=-1 is not allowed"
-    assert one_line(DatasetFormatError("/data/x.gz", "not a complete gzip file")) == "/data/x.gz: not a complete gzip file"
+    assert (
+        one_line(DatasetFormatError("/data/x.gz", "not a complete gzip file")) == "/data/x.gz: not a complete gzip file"
+    )
     assert one_line(ValueError("a bug")) is None
     assert one_line(FileNotFoundError("a bug too")) is None
     assert all(issubclass(e, UserError) for e in (ConfigError, CheckpointError, DatasetFormatError, JobBusyError))
@@ -87,7 +89,9 @@ def test_a_resume_into_a_new_folder_carries_the_best_checkpoint_and_its_score(tm
     assert (new / "best_epoch012.ckpt").read_bytes() == b"weights"
     assert float(best.best_model_score) == pytest.approx(-23.95)
     # a worse epoch after the resume is not "top 1"; a better one is
-    trainer = SimpleNamespace(global_step=1, strategy=SimpleNamespace(reduce_boolean_decision=lambda decision: decision))
+    trainer = SimpleNamespace(
+        global_step=1, strategy=SimpleNamespace(reduce_boolean_decision=lambda decision: decision)
+    )
     assert not best.check_monitor_top_k(trainer, torch.tensor(-24.03))
     assert best.check_monitor_top_k(trainer, torch.tensor(-23.90))
     # the last-state checkpoint starts afresh in the new folder

@@ -48,8 +48,13 @@ def test_default_main_job(train, tmp_path):
     assert summary["epochs"] == 100
     # what was trained, stated for vaelab-compare; how the latents are used
     assert summary["run"] == {
-        "likelihood": "gaussian", "sigma": "learned_shared", "data": "digits", "data_model": "dequantised",
-        "beta": 1.0, "seed": 42, "init_output_bias": False,
+        "likelihood": "gaussian",
+        "sigma": "learned_shared",
+        "data": "digits",
+        "data_model": "dequantised",
+        "beta": 1.0,
+        "seed": 42,
+        "init_output_bias": False,
     }
     assert len(summary["latents"]["kl_per_dim"]) == 16 and metrics["test/active_units"] >= 8
     assert (run_dir / "images" / "latents.png").stat().st_size > 1000
@@ -63,14 +68,18 @@ def test_every_sigma_mode_and_bernoulli_train(train, tmp_path, model):
     runs = run_folders(tmp_path)
     assert len(runs) == len(SIGMA_MODES) + 3
     for run_dir in runs:
-        config = json.loads(json.dumps(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["vaelab_config"]))
+        config = json.loads(
+            json.dumps(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["vaelab_config"])
+        )
         metrics = assert_finite_run(run_dir)
         likelihood = config["likelihood"]
         has_map = likelihood.get("sigma") in ("learned_pixel", "predicted")
         assert (run_dir / "images" / "sigma_map.png").exists() == has_map, run_dir
         if "sigma" in likelihood:
             assert metrics["test/sigma_min"] <= metrics["test/sigma_mean"] <= metrics["test/sigma_max"]
-            assert metrics["test/beta_eff"] == pytest.approx(2 * config["model"]["beta"] * metrics["test/sigma_mean"] ** 2, rel=0.5)
+            assert metrics["test/beta_eff"] == pytest.approx(
+                2 * config["model"]["beta"] * metrics["test/sigma_mean"] ** 2, rel=0.5
+            )
         else:  # Bernoulli: bits/dim carry no dequantisation term
             assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (64 * math.log(2)), rel=1e-4)
 
@@ -80,7 +89,14 @@ def test_train_then_eval_from_checkpoint(train, tmp_path):
     (run_dir,) = run_folders(tmp_path)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval.json"
-    proc = run_cli("vaelab-eval", f"ckpt_path={ckpt}", "iw_samples=64", "iw_chunk_elements=4096", f"output_file={out}", cwd=tmp_path)
+    proc = run_cli(
+        "vaelab-eval",
+        f"ckpt_path={ckpt}",
+        "iw_samples=64",
+        "iw_chunk_elements=4096",
+        f"output_file={out}",
+        cwd=tmp_path,
+    )
     result = json.loads(out.read_text())
     metrics = result["metrics"]
     assert result["iw_samples"] == 64 and result["num_images"] == 359
@@ -107,7 +123,11 @@ def test_mnist_cifar_and_image_folder_train(train, tmp_path):
     write_mnist(tmp_path / "mnist", n_train=40, n_test=12)
     write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=8)
     for i in range(24):
-        write_png(tmp_path / "pictures" / ("cats" if i % 2 else "dogs") / f"{i}.png", (10 * i, 255 - 10 * i, 40), size=(20, 30))
+        write_png(
+            tmp_path / "pictures" / ("cats" if i % 2 else "dogs") / f"{i}.png",
+            (10 * i, 255 - 10 * i, 40),
+            size=(20, 30),
+        )
     train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", *QUICK)
     train("data=cifar10", f"data.root={tmp_path / 'cifar'}", "model=conv", "data.batch_size=16", *QUICK)
     train("data=image_folder", f"data.root={tmp_path / 'pictures'}", "data.source.size=[16,16]", "model=conv", *QUICK)

@@ -21,7 +21,7 @@ from conftest import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
-from vaelab import compare
+from vaelab import compare, job_record, locks
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "compare_sweep.ipynb"
@@ -30,18 +30,31 @@ PLOTS = ("rate_distortion.png", "elbo_nll_vs_beta.png", "montage.png")
 
 # -- job folders in the formats vaelab-train writes -------------------------------------
 def composed_config(
-    likelihood: str = "gaussian", sigma: str = "fixed", beta: float = 1.0, sigma_value: float = 0.1, latent_dim: int = 16, seed: int = 42
+    likelihood: str = "gaussian",
+    sigma: str = "fixed",
+    beta: float = 1.0,
+    sigma_value: float = 0.1,
+    latent_dim: int = 16,
+    seed: int = 42,
 ) -> dict:
     if likelihood == "gaussian":
         lik = {
             "_target_": "vaelab.model.likelihoods.GaussianLikelihood",
-            "sigma": sigma, "sigma_value": sigma_value, "sigma_init": 0.1, "log_sigma_min": -6.0, "log_sigma_max": 2.0,
-            "optimal_shape": "shared", "dequantize": True,
+            "sigma": sigma,
+            "sigma_value": sigma_value,
+            "sigma_init": 0.1,
+            "log_sigma_min": -6.0,
+            "log_sigma_max": 2.0,
+            "optimal_shape": "shared",
+            "dequantize": True,
         }
     else:
         lik = {"_target_": "vaelab.model.likelihoods.BernoulliLikelihood", "binarize": "dynamic"}
     return {
-        "task_name": "train", "seed": seed, "test": True, "optimized_metric": "val/elbo",
+        "task_name": "train",
+        "seed": seed,
+        "test": True,
+        "optimized_metric": "val/elbo",
         "data": {"_target_": "vaelab.data.ImageDataModule", "batch_size": 128, "seed": "${seed}"},
         "model": {"_target_": "vaelab.model.vae.VAE", "latent_dim": latent_dim, "beta": beta, "test_iw_samples": 4},
         "likelihood": lik,
@@ -68,7 +81,64 @@ def write_csv_log(path: Path, val_elbos: list[float], beta_eff: float | None = N
             for _ in range(2):
                 writer.writerow({"epoch": epoch, "step": step, "train/elbo": val - 5, "train/loss": 5 - val})
                 step += 1
-            writer.writerow({"epoch": epoch, "step": step - 1, "val/elbo": val, "val/kl": 1.5, "val/beta_eff": "" if beta_eff is None else beta_eff})
+            writer.writerow(
+                {
+                    "epoch": epoch,
+                    "step": step - 1,
+                    "val/elbo": val,
+                    "val/kl": 1.5,
+                    "val/beta_eff": "" if beta_eff is None else beta_eff,
+                }
+            )
+
+
+#: folder locks the fake running jobs hold, as a running vaelab-train holds its job's
+HELD: list = []
+
+
+@pytest.fixture(autouse=True)
+def release_held_locks():
+    yield
+    while HELD:
+        locks.unlock(HELD.pop())
+
+
+def hold_folder_lock(job: Path) -> None:
+    """Hold ``job``'s folder lock for the rest of the test, as its running process would."""
+    handle = locks.try_lock(job / ".lock")
+    assert handle is not None
+    HELD.append(handle)
+
+
+def write_run_record(
+    job: Path,
+    overrides: list[str],
+    status: str,
+    run: dict | None,
+    *,
+    message: str = "",
+    attempt: int = 1,
+    folder_lock: bool = True,
+    pid: int | None = None,
+    host: str | None = None,
+) -> None:
+    """run.json as vaelab-train writes it (vaelab.job_record)."""
+    ended = None if status == "running" else "2026-11-21T09:20:00+00:00"
+    record = {
+        "status": status,
+        "message": message,
+        "attempt": attempt,
+        "started": "2026-11-21T09:13:52+00:00",
+        "first_started": "2026-11-21T09:00:00+00:00" if attempt > 1 else "2026-11-21T09:13:52+00:00",
+        "ended": ended,
+        "updated": ended or "2026-11-21T09:14:00+00:00",
+        "pid": pid or 4242,
+        "host": host or os.uname().nodename,
+        "folder_lock": folder_lock,
+        "overrides": overrides,
+        "run": run,
+    }
+    (job / job_record.NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def make_job(
@@ -92,43 +162,82 @@ def make_job(
     seed: int = 42,
     active_units: float | None = None,
 ) -> Path:
-    """A job folder as vaelab-train leaves it: done, running (csv only), failed
-    (FAILED marker, or a log ending in a traceback), or started (nothing logged)."""
+    """A sweep's job folder as vaelab-train leaves it: done, running (csv rows, its
+    folder lock held), started (running, nothing logged yet), failed (its record says
+    why; FAILED marker), failed_log (its record and a log ending in the traceback), or
+    interrupted (its record says running, but no process holds its folder lock)."""
     job = sweep / name
     hydra_dir = job / ".hydra"
     hydra_dir.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(composed_config(likelihood, sigma, beta, sigma_value, latent_dim, seed)), hydra_dir / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.create(composed_config(likelihood, sigma, beta, sigma_value, latent_dim, seed)),
+        hydra_dir / "config.yaml",
+    )
     OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
     choices = {"data": "digits", "model": "mlp", "likelihood": likelihood, "debug": "short"}
-    (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}}))
+    (hydra_dir / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}})
+    )
     (job / "train.log").write_text("")
     gaussian = likelihood == "gaussian"
     sigma_mean = sigma_value if sigma_mean is None else sigma_mean
     beta_eff = 2 * sigma_mean**2 * beta if gaussian else None
+    # what vaelab-train states about the run: in metrics.json, and in run.json with the likelihood's settings
+    stated = {
+        "likelihood": likelihood,
+        "sigma": sigma if gaussian else None,
+        "data": "digits",
+        "data_model": "dequantised" if gaussian else "binarised (dynamic)",
+        "beta": beta,
+        "seed": seed,
+        "init_output_bias": False,
+    }
+    run = {
+        **stated,
+        "sigma_value": sigma_value if gaussian and sigma == "fixed" else None,
+        "optimal_shape": "shared" if gaussian and sigma == "optimal" else None,
+        "binarize": None if gaussian else "dynamic",
+    }
+    if status in ("running", "started"):
+        hold_folder_lock(job)
     if status == "started":
+        write_run_record(job, overrides, "running", run)
         return job
     write_csv_log(job / "csv" / "metrics.csv", list(val_elbos), beta_eff)
     if status == "done":
-        metrics = {"val/elbo": val_elbos[-1], "test/elbo": elbo, "test/recon": elbo + kl, "test/kl": kl, "test/bpd": -elbo / 44.0}
+        metrics = {
+            "val/elbo": val_elbos[-1],
+            "test/elbo": elbo,
+            "test/recon": elbo + kl,
+            "test/kl": kl,
+            "test/bpd": -elbo / 44.0,
+        }
         if nll is not None:
             metrics |= {"test/nll_iw": nll, "test/bpd_iw": nll / 44.0}
         if gaussian:
             metrics |= {"test/beta_eff": beta_eff, "test/sigma_mean": sigma_mean, "val/beta_eff": beta_eff}
         if active_units is not None:
             metrics["test/active_units"] = active_units
-        summary = {"metrics": metrics, "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"), "epochs": len(val_elbos), "global_step": 6}
-        summary["run"] = {  # what vaelab-train states about the run
-            "likelihood": likelihood, "sigma": sigma if gaussian else None, "data": "digits",
-            "data_model": "dequantised" if gaussian else "binarised (dynamic)", "beta": beta, "seed": seed,
+        summary = {
+            "metrics": metrics,
+            "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"),
+            "epochs": len(val_elbos),
+            "global_step": 6,
         }
+        summary["run"] = stated
         (job / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_run_record(job, overrides, "done", run)
         if images:
             write_png(job / "images" / "samples.png", (457, 457), seed=len(name))
             write_png(job / "images" / "reconstructions.png", (457, 457))
             if sigma_map:
                 write_png(job / "images" / "sigma_map.png", (500, 300), "RGB")
+    elif status in ("running", "interrupted"):
+        write_run_record(job, overrides, "running", run)
     elif status == "failed":
-        (job / "FAILED").write_text("NonFiniteLossError: training stopped: the loss became nan at step 4\n\nTraceback (most recent call last):\n ...\n")
+        error = "NonFiniteLossError: training stopped: the loss became nan at step 4"
+        (job / "FAILED").write_text(f"{error}\n\nTraceback (most recent call last):\n ...\n")
+        write_run_record(job, overrides, "failed", run, message=error)
     elif status == "failed_log":
         (job / "train.log").write_text(
             "[2026-11-21 09:13:52,734][vaelab.train][INFO] - starting\n"
@@ -137,6 +246,7 @@ def make_job(
             "    raise RuntimeError('CUDA out of memory')\n"
             "RuntimeError: CUDA out of memory\n"
         )
+        write_run_record(job, overrides, "failed", run, message="RuntimeError: CUDA out of memory")
     return job
 
 
@@ -151,12 +261,44 @@ def sweep(tmp_path) -> Path:
     root = tmp_path / "sweep"
     root.mkdir()
     multirun_yaml(root, ["debug=short", "likelihood.sigma=fixed,learned_shared", "model.beta=0.5,2"])
-    make_job(root, "sigma=fixed,beta=0.5", ["debug=short", "likelihood.sigma=fixed", "model.beta=0.5"], beta=0.5, nll=120.0, elbo=-125.0)
-    make_job(root, "sigma=fixed,beta=2", ["debug=short", "likelihood.sigma=fixed", "model.beta=2"], beta=2.0, nll=118.0, elbo=-124.0)
-    make_job(root, "x/sigma=learned,beta=0.5", ["debug=short", "likelihood.sigma=learned_shared", "model.beta=0.5"],
-             sigma="learned_shared", sigma_mean=0.2, beta=0.5, nll=60.0, elbo=-65.0, kl=3.0)
-    make_job(root, "x/sigma=learned,beta=2", ["debug=short", "likelihood.sigma=learned_shared", "model.beta=2"],
-             sigma="learned_shared", sigma_mean=0.3, beta=2.0, nll=70.0, elbo=-72.0, kl=1.0)
+    make_job(
+        root,
+        "sigma=fixed,beta=0.5",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=0.5"],
+        beta=0.5,
+        nll=120.0,
+        elbo=-125.0,
+    )
+    make_job(
+        root,
+        "sigma=fixed,beta=2",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=2"],
+        beta=2.0,
+        nll=118.0,
+        elbo=-124.0,
+    )
+    make_job(
+        root,
+        "x/sigma=learned,beta=0.5",
+        ["debug=short", "likelihood.sigma=learned_shared", "model.beta=0.5"],
+        sigma="learned_shared",
+        sigma_mean=0.2,
+        beta=0.5,
+        nll=60.0,
+        elbo=-65.0,
+        kl=3.0,
+    )
+    make_job(
+        root,
+        "x/sigma=learned,beta=2",
+        ["debug=short", "likelihood.sigma=learned_shared", "model.beta=2"],
+        sigma="learned_shared",
+        sigma_mean=0.3,
+        beta=2.0,
+        nll=70.0,
+        elbo=-72.0,
+        kl=1.0,
+    )
     return root
 
 
@@ -172,7 +314,14 @@ def test_jobs_are_found_by_their_config_not_their_folder_name(sweep):
     make_job(sweep, "job10/inner", ["model.beta=1"])
     make_job(sweep, "job2", ["model.beta=1"])
     jobs = [p.relative_to(sweep).as_posix() for p in compare.find_jobs(sweep)]
-    assert jobs == ["job2", "job10/inner", "sigma=fixed,beta=0.5", "sigma=fixed,beta=2", "x/sigma=learned,beta=0.5", "x/sigma=learned,beta=2"]
+    assert jobs == [
+        "job2",
+        "job10/inner",
+        "sigma=fixed,beta=0.5",
+        "sigma=fixed,beta=2",
+        "x/sigma=learned,beta=0.5",
+        "x/sigma=learned,beta=2",
+    ]
     # a single run folder is a sweep of one job
     assert compare.find_jobs(sweep / "job2") == [sweep / "job2"]
 
@@ -195,7 +344,13 @@ def test_a_job_record_is_flat_and_holds_its_numbers(sweep):
 def test_rows_are_sorted_by_test_nll_falling_back_to_minus_elbo(sweep):
     make_job(sweep, "no_iw", ["debug=short", "likelihood.sigma=fixed", "model.beta=1"], nll=None, elbo=-90.0)
     table = compare.build_table(compare.load_sweep(sweep))
-    assert column(table, "job") == ["x/sigma=learned,beta=0.5", "x/sigma=learned,beta=2", "no_iw", "sigma=fixed,beta=2", "sigma=fixed,beta=0.5"]
+    assert column(table, "job") == [
+        "x/sigma=learned,beta=0.5",
+        "x/sigma=learned,beta=2",
+        "no_iw",
+        "sigma=fixed,beta=2",
+        "sigma=fixed,beta=0.5",
+    ]
     assert column(table, "nll") == [60.0, 70.0, 90.0, 118.0, 120.0]
     assert "| 90.00* |" in table.markdown() and "-test/elbo is shown" in table.markdown()
     # another metric, and its direction: ELBOs sort highest first
@@ -207,7 +362,13 @@ def test_rows_are_sorted_by_test_nll_falling_back_to_minus_elbo(sweep):
 
 def test_swept_keys_are_columns_and_shared_overrides_are_noted(sweep):
     # a job that lacks an override another job has: its value comes from its config
-    make_job(sweep, "wide", ["debug=short", "likelihood.sigma=fixed", "model.beta=1", "model.latent_dim=32"], latent_dim=32, nll=200.0)
+    make_job(
+        sweep,
+        "wide",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=1", "model.latent_dim=32"],
+        latent_dim=32,
+        nll=200.0,
+    )
     table = compare.build_table(compare.load_sweep(sweep))
     assert table.swept == ["likelihood.sigma", "model.beta", "model.latent_dim"]
     assert table.common == {"debug": "short"}
@@ -234,7 +395,13 @@ def test_a_swept_key_keeps_its_column_where_the_standard_columns_do_not_tell_it(
     multirun_yaml(root, ["likelihood.sigma=fixed,learned_shared", "likelihood.sigma_value=0.1,0.2"])
     for sigma in ("fixed", "learned_shared"):
         for value in (0.1, 0.2):
-            make_job(root, f"{sigma},{value}", [f"likelihood.sigma={sigma}", f"likelihood.sigma_value={value}"], sigma=sigma, sigma_value=value)
+            make_job(
+                root,
+                f"{sigma},{value}",
+                [f"likelihood.sigma={sigma}", f"likelihood.sigma_value={value}"],
+                sigma=sigma,
+                sigma_value=value,
+            )
     headers = [c.header for c in compare.build_table(compare.load_sweep(root)).columns]
     assert "likelihood.sigma_value" in headers and "likelihood.sigma" not in headers
 
@@ -260,8 +427,15 @@ def test_keys_an_experiment_sweeps_count_too_and_a_group_choice_is_its_own_colum
     likelihood choices (gaussian_fixed, ..., bernoulli)."""
     root = tmp_path / "grid"
     root.mkdir()
-    multirun_yaml(root, ["experiment=beta_sigma_grid"], {"likelihood": "gaussian_fixed,bernoulli", "model.beta": "0.5,2"})
-    make_job(root, "likelihood=gaussian_fixed,model.beta=0.5", ["experiment=beta_sigma_grid", "likelihood=gaussian_fixed", "model.beta=0.5"], beta=0.5)
+    multirun_yaml(
+        root, ["experiment=beta_sigma_grid"], {"likelihood": "gaussian_fixed,bernoulli", "model.beta": "0.5,2"}
+    )
+    make_job(
+        root,
+        "likelihood=gaussian_fixed,model.beta=0.5",
+        ["experiment=beta_sigma_grid", "likelihood=gaussian_fixed", "model.beta=0.5"],
+        beta=0.5,
+    )
     table = compare.build_table(compare.load_sweep(root))
     assert table.swept == ["likelihood", "model.beta"] and table.common == {"experiment": "beta_sigma_grid"}
     headers = [c.header for c in table.columns]
@@ -292,34 +466,161 @@ def test_beta_eff_sits_next_to_beta_and_shows_equal_objectives(tmp_path):
 
 
 def test_running_started_and_failed_jobs_are_listed_last_with_partial_numbers(sweep):
-    make_job(sweep, "running", ["debug=short", "likelihood.sigma=fixed", "model.beta=1"], status="running", val_elbos=(-140.0, -135.0))
-    make_job(sweep, "crashed", ["debug=short", "likelihood.sigma=fixed", "model.beta=4"], status="failed_log", val_elbos=(-150.0,))
-    make_job(sweep, "diverged", ["debug=short", "likelihood.sigma=fixed", "model.beta=8"], status="failed", val_elbos=(-160.0,))
+    make_job(
+        sweep,
+        "running",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=1"],
+        status="running",
+        val_elbos=(-140.0, -135.0),
+    )
+    make_job(
+        sweep,
+        "crashed",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=4"],
+        status="failed_log",
+        val_elbos=(-150.0,),
+    )
+    make_job(
+        sweep,
+        "diverged",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=8"],
+        status="failed",
+        val_elbos=(-160.0,),
+    )
     make_job(sweep, "waiting", ["debug=short", "likelihood.sigma=fixed", "model.beta=16"], status="started")
     records = compare.load_sweep(sweep)
     table = compare.build_table(records)
     assert column(table, "status") == ["done"] * 4 + ["running", "started", "failed", "failed"]
     assert column(table, "job")[4:] == ["running", "waiting", "crashed", "diverged"]
     rows = {row["job"]: row for row in table.rows}
-    assert rows["running"]["val_elbo_best"] == -135.0 and rows["running"]["epochs"] == 2 and rows["running"]["nll"] is None
+    assert (
+        rows["running"]["val_elbo_best"] == -135.0 and rows["running"]["epochs"] == 2 and rows["running"]["nll"] is None
+    )
     assert rows["running"]["beta_eff"] == pytest.approx(0.02)  # last logged val/beta_eff
     assert rows["crashed"]["message"] == "RuntimeError: CUDA out of memory"
     assert rows["diverged"]["message"].startswith("NonFiniteLossError: training stopped")
-    assert table.counts == {"done": 4, "running": 1, "started": 1, "failed": 2}
+    assert table.counts == {"done": 4, "running": 1, "started": 1, "interrupted": 0, "failed": 2, "unknown": 0}
     text = table.markdown()
     assert "8 jobs: 4 done, 1 running, 1 started, 2 failed" in text
-    assert "`diverged` (failed): NonFiniteLossError" in text and "`crashed` (failed): RuntimeError: CUDA out of memory" in text
+    assert (
+        "`diverged` (failed): NonFiniteLossError" in text
+        and "`crashed` (failed): RuntimeError: CUDA out of memory" in text
+    )
 
 
-def test_a_failure_marker_older_than_the_result_is_from_an_earlier_try(sweep):
+def test_a_failure_of_an_earlier_try_does_not_make_a_finished_job_failed(sweep):
+    """A FAILED marker an earlier try left beside the result of a later, successful one,
+    newer or older: the job's record says done. A retry that failed (no result: a job
+    with metrics.json is not run again) says so in its record."""
     job = sweep / "sigma=fixed,beta=2"
     marker = job / "FAILED"
     marker.write_text("RuntimeError: killed\n")
     old = time.time() - 600
     os.utime(marker, (old, old))
     assert compare.load_job(job, sweep)["status"] == "done"
-    os.utime(marker, None)  # newer than metrics.json: this try failed
+    os.utime(marker, None)  # newer than metrics.json: still the earlier try's
+    assert compare.load_job(job, sweep)["status"] == "done"
+    (job / "metrics.json").unlink()
+    write_run_record(job, [], "failed", None, message="RuntimeError: killed", attempt=2)
     assert compare.load_job(job, sweep)["status"] == "failed"
+
+
+def test_a_failed_jobs_message_comes_from_its_record(sweep):
+    job = make_job(sweep, "oom", ["debug=short", "model.beta=3"], status="failed")
+    (job / "FAILED").write_text("something else\n")  # the record, not the marker, says why
+    record = compare.load_job(job, sweep)
+    assert (
+        record["status"] == "failed"
+        and record["message"] == "NonFiniteLossError: training stopped: the loss became nan at step 4"
+    )
+    # what it trained is stated although it never finished
+    assert (
+        record["likelihood"] == "gaussian"
+        and record["sigma"] == "fixed 0.1"
+        and record["comparable"] == "digits, dequantised"
+    )
+
+
+def test_a_job_killed_while_training_reads_interrupted_not_running(sweep, tmp_path):
+    """SIGKILL leaves 'running' in run.json: the job's folder lock, which the OS let go
+    of, tells that no process trains it any more; a single run's pid tells the same."""
+    job = make_job(
+        sweep,
+        "killed",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=4"],
+        status="interrupted",
+        val_elbos=(-140.0,),
+    )
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "interrupted" and "the sweep run again continues it" in record["message"]
+    assert record["val_elbo_best"] == -140.0 and record["nll"] is None  # the numbers logged so far
+    table = compare.build_table(compare.load_sweep(sweep))
+    assert table.counts["interrupted"] == 1 and table.counts["running"] == 0
+    assert column(table, "job")[-1] == "killed" and "5 jobs: 4 done, 1 interrupted" in table.markdown()
+    hold_folder_lock(job)  # a process trains it again
+    assert compare.load_job(job, sweep)["status"] == "running"
+
+    single = make_job(tmp_path / "runs", "one", ["debug=short"], status="interrupted")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_run_record(single, ["debug=short"], "running", None, folder_lock=False, pid=gone.pid)
+    record = compare.load_job(single)
+    assert record["status"] == "interrupted" and f"pid {gone.pid}" in record["message"]
+    write_run_record(single, ["debug=short"], "running", None, folder_lock=False, pid=os.getpid())
+    assert compare.load_job(single)["status"] == "running"
+    write_run_record(single, ["debug=short"], "running", None, folder_lock=False, host="elsewhere")
+    record = compare.load_job(single)
+    assert record["status"] == "running" and "cannot be told" in record["message"]
+
+
+def test_a_retried_job_that_failed_before_reads_running(sweep):
+    """The records vaelab-train writes across tries of one sweep job: failed, then a
+    sweep run again starts it (attempt 2), then it finishes."""
+    job = make_job(sweep, "retried", ["debug=short", "likelihood.sigma=fixed", "model.beta=5"], status="started")
+    (job / job_record.NAME).unlink()
+    job_record.fail(job, RuntimeError("the node went away"), sweep_job=True)
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "failed" and record["message"] == "RuntimeError: the node went away"
+    job_record.start(job, folder_lock=True)
+    write_csv_log(job / "csv" / "metrics.csv", [-150.0])
+    record = compare.load_job(job, sweep)
+    assert record["status"] == "running" and record["message"] == "" and record["val_elbo_best"] == -150.0
+    assert job_record.read(job)["attempt"] == 2
+    job_record.state_run(
+        job,
+        {
+            "likelihood": "bernoulli",
+            "sigma": None,
+            "binarize": "static",
+            "data": "digits",
+            "data_model": "binarised (static)",
+        },
+    )
+    record = compare.load_job(job, sweep)
+    assert record["likelihood"] == "bernoulli" and record["decoder"] == "Bernoulli, binarize=static"
+    assert record["comparable"] == "digits, binarised (static)"
+    (job / "metrics.json").write_text(json.dumps({"metrics": {"test/elbo": -80.0}}))
+    job_record.finish(job)
+    written = job_record.read(job)
+    assert written["status"] == "done" and written["attempt"] == 2 and written["ended"]
+    assert compare.load_job(job, sweep)["status"] == "done"
+
+
+def test_a_job_folder_without_a_record_is_unknown_unless_it_says_more(tmp_path):
+    """Folders an older vaelab wrote (no run.json): metrics.json is done, FAILED is
+    failed; the likelihood is the class the config builds."""
+    root = tmp_path / "old"
+    done = make_job(root, "done", ["model.beta=1"])
+    other = make_job(root, "other", ["model.beta=2"], status="interrupted")
+    failed = make_job(root, "failed", ["model.beta=3"], status="failed")
+    for job in (done, other, failed):
+        (job / job_record.NAME).unlink()
+    records = {r["job"]: r for r in compare.load_sweep(root)}
+    assert (
+        records["done"]["status"] == "done" and records["done"]["sigma"] == "fixed"
+    )  # metrics.json states the mode only
+    assert records["other"]["status"] == "unknown" and records["other"]["likelihood"] == "gaussian"
+    assert records["failed"]["status"] == "failed" and records["failed"]["message"].startswith("NonFiniteLossError")
 
 
 def test_damaged_files_leave_blanks_not_crashes(sweep):
@@ -327,6 +628,9 @@ def test_damaged_files_leave_blanks_not_crashes(sweep):
     (job / "metrics.json").write_text('{"metrics": {"test/el')  # caught half-written
     (job / "csv" / "metrics.csv").write_text("epoch,step,val/elbo\n0,2,abc\n")
     (job / "images" / "samples.png").write_bytes(b"not a png")
+    # caught writing metrics.json: its record still says running, its process holds the folder
+    write_run_record(job, [], "running", None)
+    hold_folder_lock(job)
     result = compare.compare(sweep)
     row = next(r for r in result.table.rows if r["job"] == "sigma=fixed,beta=2")
     assert row["status"] == "running" and "metrics.json unreadable" in row["message"]
@@ -346,7 +650,14 @@ def assert_image(path: Path, min_side: int = 300, max_side: int = 3000) -> tuple
 
 def test_the_command_writes_the_table_and_readable_plots(sweep, capsys):
     make_job(sweep, "bern", ["debug=short", "likelihood=bernoulli", "model.beta=1"], likelihood="bernoulli", nll=80.0)
-    make_job(sweep, "pix", ["debug=short", "likelihood.sigma=learned_pixel", "model.beta=1"], sigma="learned_pixel", sigma_map=True, nll=50.0)
+    make_job(
+        sweep,
+        "pix",
+        ["debug=short", "likelihood.sigma=learned_pixel", "model.beta=1"],
+        sigma="learned_pixel",
+        sigma_map=True,
+        nll=50.0,
+    )
     assert compare.main([str(sweep)]) == 0
     out = capsys.readouterr().out
     folder = sweep / "compare"
@@ -393,8 +704,16 @@ def test_the_montage_of_many_jobs_is_a_grid_of_modest_size(tmp_path):
     root = tmp_path / "big"
     for i in range(24):
         sigma = ("fixed", "learned_pixel", "optimal")[i % 3]
-        make_job(root, f"job{i}", [f"likelihood.sigma={sigma}", f"model.beta={i}"], sigma=sigma, beta=float(i + 1),
-                 sigma_map=sigma == "learned_pixel", nll=100.0 - i, kl=1.0 + i)
+        make_job(
+            root,
+            f"job{i}",
+            [f"likelihood.sigma={sigma}", f"model.beta={i}"],
+            sigma=sigma,
+            beta=float(i + 1),
+            sigma_map=sigma == "learned_pixel",
+            nll=100.0 - i,
+            kl=1.0 + i,
+        )
     records = compare.sort_records(compare.load_sweep(root))
     fig = compare.plot_montage(records, root / "montage.png")
     assert len([ax for ax in fig.axes if ax.images]) == 24
@@ -428,7 +747,11 @@ def execute_notebook(path: Path, sweep: Path, tmp_path: Path, monkeypatch) -> ob
 
     kernels = tmp_path / "jupyter" / "kernels" / "python3"
     kernels.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Python 3 (venv)", "language": "python"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (venv)",
+        "language": "python",
+    }
     (kernels / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))  # searched first: this venv's python3 kernel
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
@@ -436,15 +759,24 @@ def execute_notebook(path: Path, sweep: Path, tmp_path: Path, monkeypatch) -> ob
     monkeypatch.setenv("VAELAB_SWEEP", str(sweep))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
-    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "commit the notebook with outputs cleared"
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
+        "commit the notebook with outputs cleared"
+    )
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     return nb
 
 
 @pytest.mark.slow
 def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, monkeypatch):
-    run_cli("vaelab-train", "-m", "debug=short", "trainer.enable_progress_bar=false",
-            "likelihood.sigma=fixed,optimal", "model.beta=0.5,2", cwd=tmp_path)
+    run_cli(
+        "vaelab-train",
+        "-m",
+        "debug=short",
+        "trainer.enable_progress_bar=false",
+        "likelihood.sigma=fixed,optimal",
+        "model.beta=0.5,2",
+        cwd=tmp_path,
+    )
     (sweep,) = [p.parent for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/multirun.yaml")]
     proc = run_cli("vaelab-compare", str(sweep), cwd=tmp_path)
     folder = sweep / "compare"
@@ -453,7 +785,12 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
     rows = list(csv.DictReader((folder / "table.csv").open()))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
     # each quantity once: the sigma column tells the sigma mode, beta is model.beta
-    assert {(r["sigma"].split()[0], float(r["beta"])) for r in rows} == {("fixed", 0.5), ("fixed", 2), ("optimal", 0.5), ("optimal", 2)}
+    assert {(r["sigma"].split()[0], float(r["beta"])) for r in rows} == {
+        ("fixed", 0.5),
+        ("fixed", 2),
+        ("optimal", 0.5),
+        ("optimal", 2),
+    }
     assert "model.beta" not in rows[0] and "likelihood.sigma" not in rows[0]
     nlls = [float(r["nll"]) for r in rows]
     assert nlls == sorted(nlls) and all(r["nll_source"] == "test/nll_iw" for r in rows)
@@ -474,7 +811,14 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
 
 # -- comparisons that can be trusted: groups, collapse, seeds ----------------------------
 def test_ranks_stay_within_one_data_set_and_data_model(sweep):
-    make_job(sweep, "bern", ["debug=short", "likelihood=bernoulli", "model.beta=1"], likelihood="bernoulli", nll=20.0, elbo=-22.0)
+    make_job(
+        sweep,
+        "bern",
+        ["debug=short", "likelihood=bernoulli", "model.beta=1"],
+        likelihood="bernoulli",
+        nll=20.0,
+        elbo=-22.0,
+    )
     table = compare.build_table(compare.load_sweep(sweep))
     # the Bernoulli mass of binarised digits has the smallest NLL, but ranks only among its own kind
     gaussian = [r for r in table.rows if r["likelihood"] == "gaussian"]
@@ -487,7 +831,15 @@ def test_ranks_stay_within_one_data_set_and_data_model(sweep):
 
 
 def test_collapsed_jobs_are_marked_in_the_table_and_ringed_in_the_plots(sweep, tmp_path):
-    make_job(sweep, "dead", ["debug=short", "likelihood.sigma=fixed", "model.beta=4"], beta=4.0, kl=0.01, active_units=0, nll=150.0)
+    make_job(
+        sweep,
+        "dead",
+        ["debug=short", "likelihood.sigma=fixed", "model.beta=4"],
+        beta=4.0,
+        kl=0.01,
+        active_units=0,
+        nll=150.0,
+    )
     records = compare.load_sweep(sweep)
     dead = next(r for r in records if r["job"] == "dead")
     assert dead["collapsed"] is True and dead["active_units"] == 0
@@ -509,11 +861,27 @@ def seeded_sweep(tmp_path) -> Path:
     nlls = {"fixed": (100.0, 104.0, 102.0), "learned_shared": (101.0, 97.0, 99.0)}
     for sigma, values in nlls.items():
         for seed, nll in zip((1, 2, 3), values):
-            make_job(root, f"{sigma},seed={seed}", ["debug=short", f"likelihood.sigma={sigma}", f"seed={seed}"],
-                     sigma=sigma, seed=seed, nll=nll, elbo=-nll - 5, kl=2.0 + seed, active_units=4)
+            make_job(
+                root,
+                f"{sigma},seed={seed}",
+                ["debug=short", f"likelihood.sigma={sigma}", f"seed={seed}"],
+                sigma=sigma,
+                seed=seed,
+                nll=nll,
+                elbo=-nll - 5,
+                kl=2.0 + seed,
+                active_units=4,
+            )
     for seed, nll in zip((1, 2, 3), (60.0, 61.0, 59.0)):
-        make_job(root, f"bern,seed={seed}", ["debug=short", "likelihood=bernoulli", f"seed={seed}"], likelihood="bernoulli", seed=seed, nll=nll,
-                 active_units=0 if seed == 1 else 3)
+        make_job(
+            root,
+            f"bern,seed={seed}",
+            ["debug=short", "likelihood=bernoulli", f"seed={seed}"],
+            likelihood="bernoulli",
+            seed=seed,
+            nll=nll,
+            active_units=0 if seed == 1 else 3,
+        )
     return root
 
 
@@ -537,7 +905,9 @@ def test_jobs_that_differ_only_by_seed_are_one_setting_with_its_spread(seeded_sw
     bern = next(r for r in table.rows if r["likelihood"] == "bernoulli")
     assert bern["collapsed_count"] == 1 and bern["rank"] == 1  # its own group
     assert "(collapsed in 1 of 3)" in table.cell(bern, next(c for c in table.columns if c.key == "active_units"))
-    with_more_seeds = compare.seeds.within_noise({"nll": 99.0, "nll_sd": 0.1, "n": 3}, {"nll": 102.0, "nll_sd": 0.1, "n": 3}, "nll")
+    with_more_seeds = compare.seeds.within_noise(
+        {"nll": 99.0, "nll_sd": 0.1, "n": 3}, {"nll": 102.0, "nll_sd": 0.1, "n": 3}, "nll"
+    )
     assert with_more_seeds is False  # the same gap with little spread is a real difference
 
 

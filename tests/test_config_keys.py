@@ -26,12 +26,18 @@ def composition_message(override, tmp_path):
         ("model.betta=2", "model.betta is not a key of model: did you mean model.beta?"),
         ("trainer.max_epoch=2", "trainer.max_epoch is not a key of trainer: did you mean trainer.max_epochs?"),
         ("likelihood.sigmaa=fixed", "likelihood.sigmaa is not a key of likelihood: did you mean likelihood.sigma?"),
-        ("model.encoder.hiden=[3]", "model.encoder.hiden is not a key of model.encoder: did you mean model.encoder.hidden?"),
+        (
+            "model.encoder.hiden=[3]",
+            "model.encoder.hiden is not a key of model.encoder: did you mean model.encoder.hidden?",
+        ),
         # a key of another group, given without its group
         ("beta=2", "beta is not a key of the config: did you mean model.beta?"),
         ("max_epochs=3", "max_epochs is not a key of the config: did you mean trainer.max_epochs?"),
         # an argument of the target that the shipped config leaves at its default: appending it is right
-        ("trainer.limit_train_batches=3", "lightning.pytorch.Trainer takes it: add it with +trainer.limit_train_batches=3"),
+        (
+            "trainer.limit_train_batches=3",
+            "lightning.pytorch.Trainer takes it: add it with +trainer.limit_train_batches=3",
+        ),
     ],
 )
 def test_an_unknown_key_gets_the_key_meant_and_no_hint_that_crashes(override, message, tmp_path):
@@ -50,8 +56,14 @@ def test_a_key_of_nothing_lists_the_keys_there_and_how_to_add_ones_own(tmp_path)
     ("override", "message"),
     [
         ("+model.betta=2", "model.betta is not a setting of vaelab.model.vae.VAE: did you mean model.beta?"),
-        ("+trainer.max_epoch=2", "trainer.max_epoch is not a setting of lightning.pytorch.Trainer: did you mean trainer.max_epochs?"),
-        ("+model.encoder.zzz=1", "model.encoder.zzz is not a setting of vaelab.model.networks.MLPEncoder: it takes activation, hidden"),
+        (
+            "+trainer.max_epoch=2",
+            "trainer.max_epoch is not a setting of lightning.pytorch.Trainer: did you mean trainer.max_epochs?",
+        ),
+        (
+            "+model.encoder.zzz=1",
+            "model.encoder.zzz is not a setting of vaelab.model.networks.MLPEncoder: it takes activation, hidden",
+        ),
     ],
 )
 def test_an_appended_key_its_target_does_not_take_fails_before_anything_is_built(override, message, tmp_path):
@@ -62,8 +74,16 @@ def test_an_appended_key_its_target_does_not_take_fails_before_anything_is_built
 
 
 def test_every_shipped_config_passes_only_arguments_its_targets_take(tmp_path):
-    for overrides in ([], ["model=conv"], ["likelihood=bernoulli"], ["logger=many"], ["experiment=burda_mnist"],
-                      ["data=image_folder", "data.root=x"], ["trainer=ddp_cpu"], ["+trainer.limit_train_batches=3"]):
+    for overrides in (
+        [],
+        ["model=conv"],
+        ["likelihood=bernoulli"],
+        ["logger=many"],
+        ["experiment=burda_mnist"],
+        ["data=image_folder", "data.root=x"],
+        ["trainer=ddp_cpu"],
+        ["+trainer.limit_train_batches=3"],
+    ):
         check_target_arguments(composed(*overrides, tmp_path=tmp_path))
 
 
@@ -76,7 +96,10 @@ def test_targets_taking_any_keyword_are_not_checked():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.max_epochs=two", "trainer.max_epochs='two' is not an integer: must be an integer >= 1 (or -1 for no limit)"),
+        (
+            "trainer.max_epochs=two",
+            "trainer.max_epochs='two' is not an integer: must be an integer >= 1 (or -1 for no limit)",
+        ),
         ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is not an integer"),
         ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not a number: must be a number > 0"),
         ("model.optimizer.lr=true", "model.optimizer.lr=True is not a number"),

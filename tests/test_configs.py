@@ -10,8 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from vaelab.config import config_dir, instantiate_dict
 from vaelab.build import build_model
+from vaelab.config import config_dir, instantiate_dict
 
 CONF = Path(config_dir())
 
@@ -81,7 +81,9 @@ def test_launcher_configs_compose(launcher):
 
 
 def test_the_slurm_ddp_launcher_asks_for_one_task_per_device():
-    launcher = hydra_node("hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2").launcher
+    launcher = hydra_node(
+        "hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"
+    ).launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
 
 

@@ -583,7 +583,9 @@ def test_datamodule_drives_a_trainer():
     assert model.seen[0] != model.seen[1]
     assert model.val_batches == 2  # 10 val images, one batch per epoch
     for epoch in (0, 1):  # each epoch's order is the one seeded by (seed, trainer.current_epoch)
-        expected = TensorBatches(dm.train_images, dm.train_labels, 16, shuffle=True, seed=2, epoch_fn=lambda: epoch)
+        expected = TensorBatches(
+            dm.train_images, dm.train_labels, 16, shuffle=True, seed=2, epoch_fn=lambda epoch=epoch: epoch
+        )
         assert order_of(expected) == model.seen[epoch]
 
 
@@ -595,8 +597,13 @@ def test_download_file_writes_verified_file(server, tmp_path):
     payload = b"x" * 3_000_000
     (folder / "blob.bin").write_bytes(payload)
     dest = tmp_path / "out" / "blob.bin"
-    got = download_file(url + "blob.bin", dest, md5=hashlib.md5(payload).hexdigest().upper(),
-                        sha256=hashlib.sha256(payload).hexdigest(), progress=False)
+    got = download_file(
+        url + "blob.bin",
+        dest,
+        md5=hashlib.md5(payload).hexdigest().upper(),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        progress=False,
+    )
     assert got == dest and dest.read_bytes() == payload
     assert not dest.with_name("blob.bin.part").exists()
 
@@ -626,8 +633,9 @@ def test_mnist_download_from_mirror(server, tmp_path):
     assert np.array_equal(arrays.train_labels.numpy(), written["train-labels-idx1-ubyte"])
     for stem in MNIST_STEMS:  # present files are used as they are, with no request to the server
         (folder / f"{stem}.gz").unlink()
-    assert torch.equal(MNIST(root, download=True, mirror=url, checksums=checksums).load().test_images,
-                       arrays.test_images)
+    assert torch.equal(
+        MNIST(root, download=True, mirror=url, checksums=checksums).load().test_images, arrays.test_images
+    )
 
 
 def test_mnist_download_checksum_mismatch_leaves_nothing(server, tmp_path):

@@ -37,7 +37,9 @@ def test_evaluation_shards_cover_every_image_exactly_once():
 
 def test_training_shards_are_padded_to_equal_length():
     images = torch.zeros(11, 1, 1, 1, dtype=torch.uint8)
-    lengths = {len(list(TensorBatches(images, torch.arange(11), 2, shuffle=True, rank=r, world_size=3))) for r in range(3)}
+    lengths = {
+        len(list(TensorBatches(images, torch.arange(11), 2, shuffle=True, rank=r, world_size=3))) for r in range(3)
+    }
     assert lengths == {2}  # 4 samples per rank (one repeated), in batches of 2
 
 
@@ -112,7 +114,9 @@ def test_a_grid_multirun_trains_each_job_with_ddp(train, tmp_path):
     assert proc.stdout.count("Launching 2 jobs") + proc.stderr.count("Launching 2 jobs") == 1
     jobs = all_job_folders(tmp_path)
     assert [job.name for job in jobs] == ["model.beta=0.5", "model.beta=2"]
-    assert len({job.parent for job in jobs}) == 1 and len(list((tmp_path / "logs" / "train" / "multiruns").iterdir())) == 1
+    assert (
+        len({job.parent for job in jobs}) == 1 and len(list((tmp_path / "logs" / "train" / "multiruns").iterdir())) == 1
+    )
     assert not (tmp_path / "logs" / "train" / "runs").exists()
     pids = [check_ddp_job(job, **{"model.beta": beta})["ddp_pids"][0] for job, beta in zip(jobs, [0.5, 2.0])]
     assert pids[0] != pids[1], "each job starts processes of its own"
@@ -125,8 +129,11 @@ def test_an_optuna_sweep_trains_each_trial_with_ddp(train, tmp_path):
     assert len(jobs) == 2 and len({job.parent for job in jobs}) == 1
     values = []
     for job in jobs:
-        beta = next(float(o.split("=")[1]) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-                    if o.startswith("model.beta="))
+        beta = next(
+            float(o.split("=")[1])
+            for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            if o.startswith("model.beta=")
+        )
         values.append(-check_ddp_job(job, **{"model.beta": beta})["metrics"]["val/elbo"])
     results = yaml.safe_load((jobs[0].parent / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(min(values))

@@ -22,9 +22,9 @@ from test_compare import make_job
 from test_configs import composed
 
 from vaelab import compare
+from vaelab.build import build_model
 from vaelab.image_grids import ImageGrids
 from vaelab.panels import make_grid, sigma_map_figure
-from vaelab.build import build_model
 
 
 def find(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, int] | None:
@@ -59,8 +59,17 @@ def fit_with_images(tmp_path, *overrides: str):
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     grids = ImageGrids(str(tmp_path / "images"), num_images=64, every_n_epochs=0)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, callbacks=[grids],
-                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        callbacks=[grids],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=datamodule)
     return grids, model, datamodule
 
@@ -92,7 +101,7 @@ def test_reconstructions_show_the_data_above_reconstructions_of_the_model_input(
     # rows of input, each above its row of reconstructions, a label at the left of each
     row_grid = make_grid(shown[:8], nrow=8)[..., 0].numpy()
     top, left = find(page, row_grid)
-    cell = (row_grid.shape[0] - 4)
+    cell = row_grid.shape[0] - 4
     assert left >= 60  # room for "reconstruction" at the left
     recon_top, recon_left = find(page, make_grid(recon[:8], nrow=8)[..., 0].numpy())
     assert (recon_top, recon_left) == (top + cell + 2, left)

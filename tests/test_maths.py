@@ -10,7 +10,7 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vaelab.model import maths
-from vaelab.model.likelihoods import BernoulliLikelihood, GaussianLikelihood, SIGMA_MODES
+from vaelab.model.likelihoods import SIGMA_MODES, BernoulliLikelihood, GaussianLikelihood
 from vaelab.model.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vaelab.model.vae import VAE
 
@@ -106,7 +106,10 @@ def test_optimal_sigma_in_eval_is_the_measured_training_mse(shape):
     # measured sums of squared errors over images -> the eval-mode sigma^2
     train_out, train_x = torch.randn(20, *SHAPE), torch.rand(20, *SHAPE)
     sq = (train_x - train_out).square()
-    likelihood.set_train_mse(likelihood.squared_error(train_out[:12], train_x[:12]) + likelihood.squared_error(train_out[12:], train_x[12:]), 20)
+    likelihood.set_train_mse(
+        likelihood.squared_error(train_out[:12], train_x[:12]) + likelihood.squared_error(train_out[12:], train_x[12:]),
+        20,
+    )
     expected = sq.mean() if shape == "shared" else sq.mean(dim=0)
     torch.testing.assert_close(likelihood.train_mse, expected)
     likelihood.eval()
@@ -226,7 +229,9 @@ def test_importance_weighted_bound_chunks_give_the_same_answer():
     # the same 12 draws split 5 + 5 + 2 come in a different order of the generator, so compare statistically
     assert whole.shape == chunked.shape == (5,)
     torch.manual_seed(3)
-    lw = torch.cat([model.log_importance_weights(x, 5), model.log_importance_weights(x, 5), model.log_importance_weights(x, 2)])
+    lw = torch.cat(
+        [model.log_importance_weights(x, 5), model.log_importance_weights(x, 5), model.log_importance_weights(x, 2)]
+    )
     torch.testing.assert_close(chunked, torch.logsumexp(lw, 0) - math.log(12))
 
 
@@ -253,12 +258,19 @@ def test_conv_rejects_an_image_size_it_cannot_take():
 @pytest.mark.parametrize("mode", ["bernoulli", "fixed", "predicted"])
 def test_output_bias_starts_the_decoder_at_the_mean_image(mode, conv):
     shape = (2, 8, 8)
-    likelihood = BernoulliLikelihood(shape) if mode == "bernoulli" else GaussianLikelihood(shape, sigma=mode, sigma_init=0.2)
+    likelihood = (
+        BernoulliLikelihood(shape) if mode == "bernoulli" else GaussianLikelihood(shape, sigma=mode, sigma_init=0.2)
+    )
     enc, dec = (ConvEncoder, ConvDecoder) if conv else (MLPEncoder, MLPDecoder)
     model = VAE(enc, dec, likelihood, shape, levels=256, latent_dim=3)
     images = torch.randint(0, 256, (4000, *shape), dtype=torch.uint8)
     mean = model.mean_input(images, chunk=1500)
-    torch.testing.assert_close(mean, images.float().mean(0) / (255 if mode == "bernoulli" else 256) + (0 if mode == "bernoulli" else 0.5 / 256), atol=0.03, rtol=0)
+    torch.testing.assert_close(
+        mean,
+        images.float().mean(0) / (255 if mode == "bernoulli" else 256) + (0 if mode == "bernoulli" else 0.5 / 256),
+        atol=0.03,
+        rtol=0,
+    )
     model.set_output_bias(mean)
     last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
     torch.nn.init.zeros_(last.weight)  # the output is then the bias alone

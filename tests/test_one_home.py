@@ -29,7 +29,12 @@ from vaelab.model.likelihoods import GaussianLikelihood
 from vaelab.model.vae import VAE
 
 CONF = Path(config_dir())
-SCHEMAS = [settings.ModelSchema, settings.GaussianLikelihoodSchema, settings.BernoulliLikelihoodSchema, settings.DataSchema]
+SCHEMAS = [
+    settings.ModelSchema,
+    settings.GaussianLikelihoodSchema,
+    settings.BernoulliLikelihoodSchema,
+    settings.DataSchema,
+]
 #: schema fields whose constructor argument is required: a config must set them
 REQUIRED = {"encoder", "decoder", "source"}
 #: values a config states although they are the default: the config is named for them
@@ -72,7 +77,9 @@ def test_the_targets_are_the_classes():
 
 
 def config_files() -> list[str]:
-    return sorted(str(p.relative_to(CONF)) for group in ("model", "likelihood", "data") for p in (CONF / group).glob("*.yaml"))
+    return sorted(
+        str(p.relative_to(CONF)) for group in ("model", "likelihood", "data") for p in (CONF / group).glob("*.yaml")
+    )
 
 
 @pytest.mark.parametrize("name", config_files())
@@ -80,7 +87,9 @@ def test_configs_state_only_what_they_change(name):
     """A value a config restates beside its schema's default is a second home that
     drifts; the composed config (schema underneath) has it anyway."""
     group = name.split("/")[0]
-    cfg = composed("train", f"{group}={Path(name).stem}", *(["data.root=/tmp"] if name == "data/image_folder.yaml" else []))
+    cfg = composed(
+        "train", f"{group}={Path(name).stem}", *(["data.root=/tmp"] if name == "data/image_folder.yaml" else [])
+    )
     node = {"model": settings.ModelSchema, "data": settings.DataSchema}.get(group)
     if node is None:
         node = settings.GaussianLikelihoodSchema if "sigma" in cfg.likelihood else settings.BernoulliLikelihoodSchema
@@ -91,7 +100,9 @@ def test_configs_state_only_what_they_change(name):
         assert key in {f.name for f in dataclasses.fields(node)}, f"{name}: {key} is not a key of {node.__name__}"
         value = OmegaConf.to_container(raw)[key]
         if (name, key) not in PINNED:
-            assert value != plain(getattr(node, key)), f"{name} restates the default {key}: {value!r} (vaelab.settings.{node.__name__})"
+            assert value != plain(getattr(node, key)), (
+                f"{name} restates the default {key}: {value!r} (vaelab.settings.{node.__name__})"
+            )
 
 
 def test_pinned_values_are_what_their_config_is_named_for():

@@ -84,7 +84,9 @@ def test_every_cookbook_command_runs(tmp_path):
     assert swept.returncode == 0, swept.stderr[-3000:]
     (sweep_dir,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
 
-    rest = [budgeted(args, mnist=mnist, run=run_dir, sweep=sweep_dir) for args in commands[1:] if args is not sweep_command]
+    rest = [
+        budgeted(args, mnist=mnist, run=run_dir, sweep=sweep_dir) for args in commands[1:] if args is not sweep_command
+    ]
     with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
         results = list(pool.map(run, rest))
 
@@ -93,7 +95,9 @@ def test_every_cookbook_command_runs(tmp_path):
         if "trainer=gpu" in args and not torch.cuda.is_available():
             last = [line for line in proc.stderr.splitlines() if line.strip()][-1:]
             if proc.returncode != 2 or not last or "asks for a GPU, but torch finds none" not in last[0]:
-                failures.append(f"{shlex.join(args)}: exit {proc.returncode}, expected the one-line no-GPU error\n{proc.stderr[-2000:]}")
+                failures.append(
+                    f"{shlex.join(args)}: exit {proc.returncode}, expected the one-line no-GPU error\n{proc.stderr[-2000:]}"
+                )
         elif proc.returncode != 0:
             failures.append(f"{shlex.join(args)}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
     assert not failures, "\n\n".join(failures)

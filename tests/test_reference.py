@@ -25,7 +25,14 @@ from vaelab.reference import train_reference
 
 pytestmark = pytest.mark.slow
 
-LIKELIHOODS = ["gaussian_fixed", "gaussian_learned_shared", "gaussian_learned_pixel", "gaussian_predicted", "gaussian_optimal", "bernoulli"]
+LIKELIHOODS = [
+    "gaussian_fixed",
+    "gaussian_learned_shared",
+    "gaussian_learned_pixel",
+    "gaussian_predicted",
+    "gaussian_optimal",
+    "bernoulli",
+]
 BETAS = [0.5, 2.0]
 SEEDS = [1, 2]
 EPOCHS = 30
@@ -40,10 +47,21 @@ MEAN_IMAGE_START = {"gaussian_predicted", "bernoulli"}
 
 def test_vaelab_matches_a_plain_pytorch_loop_of_the_same_objective(tmp_path):
     torch.set_num_threads(1)
-    common = [f"trainer.max_epochs={EPOCHS}", "model.test_iw_samples=0", "trainer.enable_progress_bar=false", "callbacks.image_grids.every_n_epochs=0"]
+    common = [
+        f"trainer.max_epochs={EPOCHS}",
+        "model.test_iw_samples=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.image_grids.every_n_epochs=0",
+    ]
     run_cli(
-        "vaelab-train", "-m", f"likelihood={','.join(LIKELIHOODS)}", f"model.beta={','.join(map(str, BETAS))}",
-        f"seed={','.join(map(str, SEEDS))}", *common, cwd=tmp_path, timeout=1500,
+        "vaelab-train",
+        "-m",
+        f"likelihood={','.join(LIKELIHOODS)}",
+        f"model.beta={','.join(map(str, BETAS))}",
+        f"seed={','.join(map(str, SEEDS))}",
+        *common,
+        cwd=tmp_path,
+        timeout=1500,
     )
     vaelab: dict[tuple[str, float], list[float]] = {}
     for run_dir in run_folders(tmp_path):
@@ -57,15 +75,21 @@ def test_vaelab_matches_a_plain_pytorch_loop_of_the_same_objective(tmp_path):
         for beta in BETAS:
             reference = []
             for seed in SEEDS:
-                cfg = composed(f"likelihood={likelihood}", f"model.beta={beta}", f"seed={seed}", *common, tmp_path=tmp_path)
+                cfg = composed(
+                    f"likelihood={likelihood}", f"model.beta={beta}", f"seed={seed}", *common, tmp_path=tmp_path
+                )
                 datamodule = instantiate(cfg.data)
                 datamodule.setup("fit")
                 start = likelihood in MEAN_IMAGE_START
-                reference.append(train_reference(cfg, datamodule, epochs=EPOCHS, seed=seed, init_output_bias=start).elbo)
+                reference.append(
+                    train_reference(cfg, datamodule, epochs=EPOCHS, seed=seed, init_output_bias=start).elbo
+                )
             sigma = likelihood.removeprefix("gaussian_") if likelihood != "bernoulli" else None
             ours = vaelab[("bernoulli" if sigma is None else "gaussian", sigma, beta)]
             gap = statistics.fmean(ours) - statistics.fmean(reference)
-            gaps.append((likelihood, beta, round(gap, 2), [round(v, 1) for v in ours], [round(v, 1) for v in reference]))
+            gaps.append(
+                (likelihood, beta, round(gap, 2), [round(v, 1) for v in ours], [round(v, 1) for v in reference])
+            )
     print("\n".join(map(str, gaps)))  # shown with -s, and in the failure below
     far = [g for g in gaps if abs(g[2]) > TOLERANCE_NATS]
     assert not far, f"vaelab's test ELBO is more than {TOLERANCE_NATS} nats from the plain loop's: {far}\nall: {gaps}"

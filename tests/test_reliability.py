@@ -18,8 +18,8 @@ from lightning.fabric.utilities.cloud_io import _atomic_save
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_configs import composed
 
-from vaelab.errors import NonFiniteLossError
 from vaelab.build import build_model
+from vaelab.errors import NonFiniteLossError
 
 
 def digest(path) -> str:
@@ -39,7 +39,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with torch.no_grad():  # what a diverged optimiser leaves behind
         next(model.decoder.parameters()).fill_(float("nan"))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/elbo", mode="max")
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[checkpoints], num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[checkpoints], num_sanity_val_steps=0
+    )
     checkpoints.last_model_path = str(last)
     with pytest.raises(NonFiniteLossError) as error:
         trainer.fit(model, datamodule=datamodule)
@@ -83,8 +85,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(train, tmp_path):
     (whole,) = run_folders(tmp_path, "whole")
 
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([script("vaelab-train"), *RESUMABLE, "task_name=killed"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [script("vaelab-train"), *RESUMABLE, "task_name=killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     runs = tmp_path / "logs" / "killed" / "runs"
 
     def past_epoch_two() -> bool:
@@ -118,3 +125,38 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(train, tmp_path):
     for name, value in expected["metrics"].items():
         if name.startswith(("test/", "val/")):
             assert got["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+
+
+@pytest.mark.slow
+def test_a_sweep_job_killed_mid_training_reads_interrupted_and_its_retry_finishes_it(tmp_path):
+    """SIGKILL leaves run.json saying running; with the folder lock gone vaelab-compare
+    reads the job as interrupted. The sweep run again continues it: attempt 2, done."""
+    from vaelab import compare, job_record
+
+    args = ["-m", *RESUMABLE, "model.beta=0.5,1"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [script("vaelab-train"), *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    sweeps = tmp_path / "logs" / "train" / "multiruns"
+    deadline = time.time() + 300
+    job = None
+    while time.time() < deadline and job is None:
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+        job = next((p.parents[1] for p in sweeps.glob("*/*/checkpoints/last.ckpt")), None)
+        time.sleep(0.02)
+    assert job is not None
+    record = compare.load_job(job)
+    assert (
+        record["status"] in ("running", "started") and record["likelihood"] == "gaussian"
+    )  # its process holds the lock
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert job_record.read(job)["status"] == "running" and not (job / "metrics.json").exists()
+    record = compare.load_job(job)
+    assert record["status"] == "interrupted" and "the sweep run again continues it" in record["message"]
+
+    subprocess.run([script("vaelab-train"), *args], cwd=tmp_path, env=env, check=True, capture_output=True)
+    record = job_record.read(job)
+    assert record["status"] == "done" and record["attempt"] == 2 and record["first_started"] <= record["started"]
+    assert compare.load_job(job)["status"] == "done"

@@ -95,7 +95,14 @@ def test_vaelab_eval_overrides_any_key_of_the_stored_data_config(train, tmp_path
     from test_data import write_mnist
 
     write_mnist(tmp_path / "mnist", n_train=40, n_test=12)
-    train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", "debug=short", "hydra.run.dir=run", *QUIET)
+    train(
+        "data=mnist",
+        f"data.root={tmp_path / 'mnist'}",
+        "data.batch_size=16",
+        "debug=short",
+        "hydra.run.dir=run",
+        *QUIET,
+    )
     (tmp_path / "mnist").rename(tmp_path / "moved")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval.json"
@@ -135,3 +142,38 @@ def test_a_job_folder_another_process_holds_is_left_to_it(train, tmp_path, monke
     proc = train(*args)
     assert "Job already finished, reusing its result" in proc.stdout
     assert len(val_elbos(held)) == 3 and not (held / "FAILED").exists()
+
+
+def test_a_single_runs_record_says_how_it_ended_and_a_refused_run_leaves_it_alone(train, tmp_path):
+    """run.json (vaelab.job_record) of single runs: done with what it trained; failed
+    with its one-line error once training started; a run refused the folder of a
+    finished one does not write over that one's record."""
+    from vaelab import compare, job_record
+
+    train("debug=short", "likelihood.sigma=fixed", "hydra.run.dir=done", *QUIET)
+    record = job_record.read(tmp_path / "done")
+    assert record["status"] == "done" and record["attempt"] == 1 and record["folder_lock"] is False
+    assert record["run"]["likelihood"] == "gaussian" and record["run"]["sigma_value"] == 0.1
+    assert record["overrides"] == ["debug=short", "likelihood.sigma=fixed", *QUIET]
+    loaded = compare.load_job(tmp_path / "done")
+    assert loaded["status"] == "done" and loaded["sigma"] == "fixed 0.1"
+    proc = train("debug=short", "hydra.run.dir=done", *QUIET, check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert job_record.read(tmp_path / "done") == record
+
+    proc = train(
+        "debug=short",
+        "likelihood.sigma=fixed",
+        "likelihood.sigma_value=1e-30",
+        "hydra.run.dir=diverged",
+        *QUIET,
+        check=False,
+    )
+    assert proc.returncode == 2
+    record = job_record.read(tmp_path / "diverged")
+    assert record["status"] == "failed" and record["message"].startswith(
+        "NonFiniteLossError: training stopped: the loss became"
+    )
+    loaded = compare.load_job(tmp_path / "diverged")
+    assert loaded["status"] == "failed" and loaded["message"] == record["message"]
+    assert loaded["likelihood"] == "gaussian" and loaded["comparable"] == "digits, dequantised"

@@ -19,11 +19,11 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from test_configs import composed
 
+from vaelab.build import build_model
 from vaelab.data import ImageDataModule
 from vaelab.data.sources import Digits
 from vaelab.model import maths
 from vaelab.schema import ConfigError, validate
-from vaelab.build import build_model
 
 
 class Record(pl.Callback):
@@ -54,7 +54,14 @@ def train_steps(tmp_path, *overrides: str, steps: int = 3, **trainer_kwargs):
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     record = Record()
-    options = dict(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
+    options = dict(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     extra = trainer_kwargs.pop("callbacks", [])
     options.update(trainer_kwargs)
     trainer = instantiate(cfg.trainer, callbacks=[record, *extra], **options)
@@ -118,7 +125,12 @@ def test_bad_combinations_fail_at_start_up_with_one_line(overrides, message, tmp
 
 
 def test_good_combinations_pass(tmp_path):
-    for overrides in (["model=conv", "model.channels_last=true"], ["trainer.precision=bf16-mixed"], ["trainer.precision=16-mixed"], ["model.compile=true"]):
+    for overrides in (
+        ["model=conv", "model.channels_last=true"],
+        ["trainer.precision=bf16-mixed"],
+        ["trainer.precision=16-mixed"],
+        ["model.compile=true"],
+    ):
         validate(composed(*overrides, tmp_path=tmp_path))
 
 
@@ -202,7 +214,9 @@ def test_epoch_metrics_are_the_image_weighted_means_of_the_steps(tmp_path):
     expected = float((losses * sizes).sum() / sizes.sum())
     logged = trainer.callback_metrics
     assert abs(float(logged["train/loss_epoch"]) - expected) < 1e-4 * abs(expected)
-    assert float(logged["train/elbo_epoch"]) == pytest.approx(float(logged["train/recon_epoch"] - logged["train/kl_epoch"]), rel=1e-6)
+    assert float(logged["train/elbo_epoch"]) == pytest.approx(
+        float(logged["train/recon_epoch"] - logged["train/kl_epoch"]), rel=1e-6
+    )
     for name in ("bpd", "sigma_mean", "sigma_min", "sigma_max", "beta_eff"):
         assert torch.isfinite(logged[f"train/{name}_epoch"])
 
@@ -229,7 +243,9 @@ def test_the_data_module_holds_uint8_tensors_on_the_trainers_device():
     datamodule = ImageDataModule(Digits(), batch_size=64)
     datamodule.setup("fit")
     assert datamodule.train_images.dtype == torch.uint8 and datamodule.train_images.device.type == "cpu"
-    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0, world_size=1, current_epoch=0)
+    datamodule.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0, world_size=1, current_epoch=0
+    )
     datamodule.setup("fit")
     for split in ("train", "val", "test"):
         assert getattr(datamodule, f"{split}_images").device.type == "meta"
@@ -237,7 +253,11 @@ def test_the_data_module_holds_uint8_tensors_on_the_trainers_device():
     assert datamodule.train_dataloader().images is datamodule.train_images  # no copy per loader
     # (a shuffled order needs a random generator, which the meta device lacks)
     images, labels = next(iter(datamodule.val_dataloader()))
-    assert images.device.type == "meta" and images.dtype == torch.uint8 and images.shape[0] == min(64, len(datamodule.val_images))
+    assert (
+        images.device.type == "meta"
+        and images.dtype == torch.uint8
+        and images.shape[0] == min(64, len(datamodule.val_images))
+    )
 
 
 # -- imports -------------------------------------------------------------------------------------
@@ -251,8 +271,8 @@ def test_heavy_optional_packages_load_only_when_used():
 
 
 def test_the_progress_bar_factory_switches_off(tmp_path):
-    from vaelab.progress import RichProgressBar, progress_bar
     from vaelab.config import instantiate_dict
+    from vaelab.progress import RichProgressBar, progress_bar
 
     assert progress_bar(enabled=False) is None
     cfg = composed("trainer.enable_progress_bar=false", tmp_path=tmp_path)

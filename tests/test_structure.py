@@ -58,7 +58,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -83,7 +83,9 @@ def test_no_vaelab_module_imports_itself_through_others():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
-@pytest.mark.parametrize("entry", ["vaelab.train", "vaelab.evaluate", "vaelab.compare", "vaelab.errors", "vaelab.exceptions"])
+@pytest.mark.parametrize(
+    "entry", ["vaelab.train", "vaelab.evaluate", "vaelab.compare", "vaelab.errors", "vaelab.exceptions"]
+)
 def test_entry_points_and_errors_import_without_torch(entry):
     """A command whose config does not compose fails in a second, not after torch and
     Lightning load (~3-9 s on the 2-core machine)."""
@@ -110,6 +112,8 @@ def test_the_model_and_data_code_import_without_hydra(module):
     """The maths, the model and the data read their defaults, choices and ranges from
     vaelab.settings and raise vaelab.exceptions' errors: none of the command line's
     machinery (Hydra, OmegaConf, sweeps) comes with them."""
-    code = f"import sys, {module}; print(sorted(m for m in ('hydra', 'omegaconf', 'vaelab.sweeps') if m in sys.modules))"
+    code = (
+        f"import sys, {module}; print(sorted(m for m in ('hydra', 'omegaconf', 'vaelab.sweeps') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"importing {module} loads {out.strip()}"

@@ -57,8 +57,12 @@ def test_a_dead_job_releases_its_device(tmp_path):
 
 
 def test_long_job_names_keep_whole_overrides_before_their_hash():
-    trial = ["model.beta=0.7062057512530174", "model.optimizer.lr=0.0016967533607196547", "model.latent_dim=32",
-             "likelihood=gaussian_learned_shared"]
+    trial = [
+        "model.beta=0.7062057512530174",
+        "model.optimizer.lr=0.0016967533607196547",
+        "model.latent_dim=32",
+        "likelihood=gaussian_learned_shared",
+    ]
     name = sweeps.job_folder_name(trial)
     kept, _, digest = name.rpartition("-")
     assert len(name) <= sweeps.MAX_NAME and len(digest) == 8
@@ -72,8 +76,12 @@ def test_a_sweep_folder_is_named_after_the_keys_its_sweeper_sweeps_too(monkeypat
     monkeypatch.setenv(sweeps.COMMAND_ENV, "")
     sweeps.register_resolvers()
     sweeps.record_command(["-m", "hparams_search=optuna", "seed=1,2"])
-    params = {"model.beta": "tag(log, interval(0.25, 4.0))", "model.latent_dim": "choice(4, 8)", "likelihood": "choice(a, b)",
-              "trainer.max_epochs": "3"}
+    params = {
+        "model.beta": "tag(log, interval(0.25, 4.0))",
+        "model.latent_dim": "choice(4, 8)",
+        "likelihood": "choice(a, b)",
+        "trainer.max_epochs": "3",
+    }
     cfg = OmegaConf.create({"sweep_name": "${vaelab.sweep_name:}", "hydra": {"sweeper": {"params": params}}})
     name = cfg.sweep_name
     assert name.rpartition("_")[0] == "seed+likelihood+model.beta+model.latent_dim"  # a fixed param is not swept
@@ -83,24 +91,27 @@ def test_a_sweep_folder_is_named_after_the_keys_its_sweeper_sweeps_too(monkeypat
     assert prefix.endswith("+more") and all(k.startswith("key.number_") for k in prefix.split("+")[:-1])
 
 
-@pytest.mark.parametrize(("override", "key", "swept"), [
-    ("model.beta=0.5,2", "model.beta", True),
-    ("model.beta=choice(0.5, 2)", "model.beta", True),
-    ("model.latent_dim=range(4, 17, 4)", "model.latent_dim", True),
-    ("likelihood=glob(gaussian_*)", "likelihood", True),
-    ("model.beta=tag(log, interval(0.25, 4.0))", "model.beta", True),
-    ("+model.extra=[1,2],[3,4]", "model.extra", True),  # two lists
-    ("+model.extra={a:1,b:2}", "model.extra", False),  # one dict
-    ("data.root='a,b'", "data.root", False),  # one quoted string
-    ('data.root="a,b"', "data.root", False),
-    ("model.hidden=[[1,2],[3,4]]", "model.hidden", False),  # one nested list
-    ("model.hidden=[64,32]", "model.hidden", False),
-    ("data.root=${oc.env:DATA,/tmp}", "data.root", False),  # an interpolation
-    ("++trainer.max_epochs=3", "trainer.max_epochs", False),
-    ("~callbacks.panels", "callbacks.panels", False),
-    ("hydra/launcher=slurm", "hydra/launcher", False),
-    ("train", "train", False),  # not an override (-cn train's value): swept by nothing
-])
+@pytest.mark.parametrize(
+    ("override", "key", "swept"),
+    [
+        ("model.beta=0.5,2", "model.beta", True),
+        ("model.beta=choice(0.5, 2)", "model.beta", True),
+        ("model.latent_dim=range(4, 17, 4)", "model.latent_dim", True),
+        ("likelihood=glob(gaussian_*)", "likelihood", True),
+        ("model.beta=tag(log, interval(0.25, 4.0))", "model.beta", True),
+        ("+model.extra=[1,2],[3,4]", "model.extra", True),  # two lists
+        ("+model.extra={a:1,b:2}", "model.extra", False),  # one dict
+        ("data.root='a,b'", "data.root", False),  # one quoted string
+        ('data.root="a,b"', "data.root", False),
+        ("model.hidden=[[1,2],[3,4]]", "model.hidden", False),  # one nested list
+        ("model.hidden=[64,32]", "model.hidden", False),
+        ("data.root=${oc.env:DATA,/tmp}", "data.root", False),  # an interpolation
+        ("++trainer.max_epochs=3", "trainer.max_epochs", False),
+        ("~callbacks.panels", "callbacks.panels", False),
+        ("hydra/launcher=slurm", "hydra/launcher", False),
+        ("train", "train", False),  # not an override (-cn train's value): swept by nothing
+    ],
+)
 def test_an_override_is_swept_as_hydra_reads_it(override, key, swept):
     assert overrides.parse(override) == (key, swept)
     assert overrides.override_key(override) == key and overrides.is_swept(override) is swept
@@ -114,7 +125,12 @@ def test_a_dict_or_quoted_value_with_commas_does_not_name_the_sweep_or_its_jobs(
     sweeps.record_command(["-m", *command])
     assert sweeps.sweep_name().rpartition("_")[0] == "model.beta"
     cfg = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
-    cfg.hydra.overrides.task = ["model.beta=2", "+model.extra={a:1,b:2}", "data.root='a,b'", "model.hidden=[[1,2],[3,4]]"]
+    cfg.hydra.overrides.task = [
+        "model.beta=2",
+        "+model.extra={a:1,b:2}",
+        "data.root='a,b'",
+        "model.hidden=[[1,2],[3,4]]",
+    ]
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     HydraConfig.instance().set_config(cfg)
     assert sweeps.job_name() == "model.beta=2"
@@ -158,11 +174,14 @@ def test_sweep_folders_are_named_after_overrides_and_rerunning_resumes(train, tm
     command = ["-m", *QUICK, "trainer.max_epochs=3", "likelihood.sigma=fixed,optimal", "model.beta=0.5,2"]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     # interrupt the sweep for real: SIGKILL once the last job has a checkpoint
-    proc = subprocess.Popen([script("vaelab-train"), *command], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [script("vaelab-train"), *command], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last_job = "likelihood.sigma=optimal,model.beta=2"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(tmp_path.glob(f"logs/train/multiruns/*/{last_job}/checkpoints/last.ckpt")):
+    while time.time() < deadline and not list(
+        tmp_path.glob(f"logs/train/multiruns/*/{last_job}/checkpoints/last.ckpt")
+    ):
         assert proc.poll() is None, "the sweep finished before it could be interrupted"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -212,7 +231,15 @@ def test_parallel_jobs_share_threads_and_take_their_own_device(tmp_path):
     env_devices = {"VAELAB_DEVICE_COUNT": "2"}
     os.environ.update(env_devices)
     try:
-        proc = run_cli("vaelab-train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *QUICK, "model.beta=0.5,2", cwd=tmp_path)
+        proc = run_cli(
+            "vaelab-train",
+            "-m",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            *QUICK,
+            "model.beta=0.5,2",
+            cwd=tmp_path,
+        )
     finally:
         for key in env_devices:
             os.environ.pop(key)

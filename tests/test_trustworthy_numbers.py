@@ -15,10 +15,10 @@ import torch
 from hydra.utils import instantiate
 from test_configs import composed
 
+from vaelab.build import build_model
 from vaelab.model.collapse import ACTIVE_UNIT_THRESHOLD, is_collapsed
 from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from vaelab.build import build_model
 
 
 def fitted(tmp_path, *overrides: str, epochs: int = 3, eval_batch_size: int | None = None):
@@ -28,7 +28,13 @@ def fitted(tmp_path, *overrides: str, epochs: int = 3, eval_batch_size: int | No
     pl.seed_everything(0)  # the same model every time: the assertions below are on its numbers
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=datamodule)
     return cfg, datamodule, model, trainer
 
@@ -67,12 +73,16 @@ def test_test_metrics_report_active_units_and_kl_per_dimension(tmp_path):
         torch.manual_seed(1)
         x = model.likelihood.prepare(datamodule.test_images, model.levels)
         mu, _ = model.encode(x)
-    torch.testing.assert_close(torch.tensor(report["posterior_mean_variance"]), mu.var(dim=0, unbiased=False), rtol=0.05, atol=1e-3)
+    torch.testing.assert_close(
+        torch.tensor(report["posterior_mean_variance"]), mu.var(dim=0, unbiased=False), rtol=0.05, atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("shape", ["shared", "pixel"])
 def test_optimal_sigma_is_measured_with_the_weights_it_scores(tmp_path, shape):
-    cfg, datamodule, model, trainer = fitted(tmp_path, "likelihood.sigma=optimal", f"likelihood.optimal_shape={shape}", epochs=8)
+    cfg, datamodule, model, trainer = fitted(
+        tmp_path, "likelihood.sigma=optimal", f"likelihood.optimal_shape={shape}", epochs=8
+    )
     stored = model.likelihood.train_mse.clone()  # measured before the last validation
     # an independent measurement: one-sample reconstructions of every training image
     model.eval()
@@ -94,10 +104,14 @@ def test_optimal_sigma_is_measured_with_the_weights_it_scores(tmp_path, shape):
 def test_bits_per_dim_add_the_dequantisation_term_only_with_dequantisation(tmp_path):
     dims = 64  # digits are 8x8
     for dequantize in (True, False):
-        cfg, datamodule, model, trainer = fitted(tmp_path / str(dequantize), f"likelihood.dequantize={str(dequantize).lower()}", epochs=1)
+        cfg, datamodule, model, trainer = fitted(
+            tmp_path / str(dequantize), f"likelihood.dequantize={str(dequantize).lower()}", epochs=1
+        )
         metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         correction = dims * math.log(17) if dequantize else 0.0  # digits have 17 intensity levels
-        assert metrics["test/bpd"] == pytest.approx((-metrics["test/elbo"] + correction) / (dims * math.log(2)), rel=1e-4)
+        assert metrics["test/bpd"] == pytest.approx(
+            (-metrics["test/elbo"] + correction) / (dims * math.log(2)), rel=1e-4
+        )
 
 
 def test_sigma_extremes_are_the_whole_sets_not_a_mean_over_batches(tmp_path):
@@ -130,11 +144,18 @@ def test_each_likelihood_chooses_whether_the_decoder_starts_at_the_mean_image(tm
     assert BernoulliLikelihood(shape).init_output_bias_by_default
     assert not GaussianLikelihood(shape).init_output_bias_by_default
     assert GaussianLikelihood(shape, sigma="predicted").init_output_bias_by_default
-    assert not any(GaussianLikelihood(shape, sigma=m).init_output_bias_by_default for m in ("fixed", "learned_pixel", "optimal"))
+    assert not any(
+        GaussianLikelihood(shape, sigma=m).init_output_bias_by_default for m in ("fixed", "learned_pixel", "optimal")
+    )
     for likelihood, expected in (("bernoulli", True), ("gaussian", False)):
         cfg = composed(f"likelihood={likelihood}", tmp_path=tmp_path)
         assert cfg.model.init_output_bias is None  # the default lets the likelihood choose
         model = build_model(cfg, instantiate(cfg.data))
         assert model.init_output_bias is expected
-        forced = build_model(composed(f"likelihood={likelihood}", f"model.init_output_bias={str(not expected).lower()}", tmp_path=tmp_path), instantiate(cfg.data))
+        forced = build_model(
+            composed(
+                f"likelihood={likelihood}", f"model.init_output_bias={str(not expected).lower()}", tmp_path=tmp_path
+            ),
+            instantiate(cfg.data),
+        )
         assert forced.init_output_bias is (not expected)

@@ -63,7 +63,10 @@ MALFORMED = [
     (["model=conv", "model.encoder.channels=[8,8,8,8]"], "needs image height and width divisible by 16"),
     (["data.val_fraction=1.5"], "data.val_fraction=1.5 is not allowed"),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed"),
-    (["likelihood.sigma=fixed", "likelihood.sigma_value=0"], "likelihood.sigma_value=0.0 is not allowed: must be a number > 0"),
+    (
+        ["likelihood.sigma=fixed", "likelihood.sigma_value=0"],
+        "likelihood.sigma_value=0.0 is not allowed: must be a number > 0",
+    ),
     (["likelihood.log_sigma_min=5"], "must be below likelihood.log_sigma_max"),
     (["model.free_bits=-1"], "model.free_bits=-1.0 is not allowed"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed"),
@@ -80,12 +83,19 @@ MALFORMED = [
     (["ckpt_path={tmp}/lightning.ckpt"], "a Lightning checkpoint, but not one written by vaelab-train"),
     (["--config-dir", "{tmp}/conf", "experiment=broken"], "broken.yaml: not valid YAML at line 3, column 1"),
     # Lightning would fail inside the Trainer with a traceback, after the run folder exists
-    *([] if torch.cuda.is_available() else [(["trainer=gpu"], "trainer.accelerator=gpu asks for a GPU, but torch finds none")]),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [(["trainer=gpu"], "trainer.accelerator=gpu asks for a GPU, but torch finds none")]
+    ),
 ]
 
 #: checkpoints handed to vaelab-eval (both commands read them with vaelab.checkpoints.read_checkpoint)
 MALFORMED_FOR_EVAL = [
-    ([], "ckpt_path must be set: the checkpoint to evaluate, e.g. a training run's: vaelab-eval ckpt_path=logs/train/runs/"),
+    (
+        [],
+        "ckpt_path must be set: the checkpoint to evaluate, e.g. a training run's: vaelab-eval ckpt_path=logs/train/runs/",
+    ),
     (["ckpt_path={tmp}/missing.ckpt"], "missing.ckpt: ckpt_path: no such file"),
     (["ckpt_path={tmp}/empty.ckpt"], "empty.ckpt: ckpt_path: the file is empty"),
     (["ckpt_path={tmp}/text.ckpt"], "text.ckpt: ckpt_path: not a PyTorch checkpoint"),
@@ -144,7 +154,9 @@ def one_line_failures(command, cases, tmp_path):
 def test_malformed_commands_exit_nonzero_with_one_line_and_leave_nothing(tmp_path):
     write_files_that_are_not_what_they_claim(tmp_path)
     assert len(MALFORMED) >= 28
-    failures = one_line_failures("vaelab-train", [(o + ["trainer.enable_progress_bar=false"], f) for o, f in MALFORMED], tmp_path)
+    failures = one_line_failures(
+        "vaelab-train", [(o + ["trainer.enable_progress_bar=false"], f) for o, f in MALFORMED], tmp_path
+    )
     failures += one_line_failures("vaelab-eval", MALFORMED_FOR_EVAL, tmp_path)
     assert not failures, "\n\n".join(failures)
     leftovers = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] if (tmp_path / "runs").exists() else []

@@ -31,7 +31,9 @@ def _gpus_here(accelerator: str) -> int:
     return 1 if accelerator == "gpu" and MPSAccelerator.is_available() else 0
 
 
-def check_gpus_exist(accelerator: Any, devices: Any = 1, key: str = "trainer.accelerator", cpu_hint: str = "trainer=cpu") -> None:
+def check_gpus_exist(
+    accelerator: Any, devices: Any = 1, key: str = "trainer.accelerator", cpu_hint: str = "trainer=cpu"
+) -> None:
     """Raise :class:`ConfigError` when ``accelerator`` asks for GPUs this machine lacks,
     or for more of them (an integer ``devices``) than it has."""
     if str(accelerator) not in GPU_ACCELERATORS:

@@ -50,7 +50,9 @@ class RunCheckpoint(ModelCheckpoint):
         kept = {}
         for old_path, score in (state_dict.get("best_k_models") or {}).items():
             if not Path(old_path).is_file():
-                log.warning("The earlier run's checkpoint %s is gone; it cannot be tested as a best candidate.", old_path)
+                log.warning(
+                    "The earlier run's checkpoint %s is gone; it cannot be tested as a best candidate.", old_path
+                )
                 continue
             new_path = str(Path(self.dirpath) / Path(old_path).name)
             if rank_zero_only.rank == 0:
@@ -66,8 +68,12 @@ class RunCheckpoint(ModelCheckpoint):
         worst = max if self.mode == "min" else min
         self.kth_best_model_path = worst(kept, key=lambda p: float(kept[p]))
         self.kth_value = kept[self.kth_best_model_path]
-        log.info("Resumed with the earlier run's best checkpoint (%s=%.4g), copied to %s",
-                 self.monitor, float(self.best_model_score), self.best_model_path)
+        log.info(
+            "Resumed with the earlier run's best checkpoint (%s=%.4g), copied to %s",
+            self.monitor,
+            float(self.best_model_score),
+            self.best_model_path,
+        )
 
     def save_validated_state(self, trainer: pl.Trainer) -> None:
         """Save after a validation that ran outside the fit loop (see module docstring)."""
@@ -120,12 +126,18 @@ def read_checkpoint(path: str | Path, what: str = "ckpt_path") -> dict[str, Any]
         # our checkpoints hold containers, tensors and the hyperparameters' plain values
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
-        problem = "truncated or damaged" if zipfile.is_zipfile(path) or _starts_like_zip(path) else "not a PyTorch checkpoint"
-        raise CheckpointError(path, f"{what}: {problem} ({size} bytes; {type(error).__name__}: {_first_line(error)})") from error
+        problem = (
+            "truncated or damaged" if zipfile.is_zipfile(path) or _starts_like_zip(path) else "not a PyTorch checkpoint"
+        )
+        raise CheckpointError(
+            path, f"{what}: {problem} ({size} bytes; {type(error).__name__}: {_first_line(error)})"
+        ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(path, f"{what}: a PyTorch file, but not a Lightning checkpoint (it holds no state_dict)")
     if "vaelab_config" not in checkpoint:
-        raise CheckpointError(path, f"{what}: a Lightning checkpoint, but not one written by vaelab-train (it holds no vaelab_config)")
+        raise CheckpointError(
+            path, f"{what}: a Lightning checkpoint, but not one written by vaelab-train (it holds no vaelab_config)"
+        )
     return checkpoint
 
 

@@ -33,5 +33,7 @@ def instantiate_dict(cfg: DictConfig | None, **kwargs: Any) -> list[Any]:
     whose factory returns None (a callback that is switched off), are skipped."""
     if not cfg:
         return []
-    built = (instantiate(node, **kwargs) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node)
+    built = (
+        instantiate(node, **kwargs) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node
+    )
     return [obj for obj in built if obj is not None]

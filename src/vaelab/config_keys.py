@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from vaelab.exceptions import ConfigError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def target_arguments(target: str) -> frozenset[str] | None:
     """The keyword arguments ``target`` accepts; None when it takes any (``**kwargs``)
     or cannot be inspected (then nothing is checked here and Hydra reports)."""
@@ -120,4 +120,3 @@ def unknown_key_message(full_key: str, value: str | None, parent: DictConfig | N
     if isinstance(target, str) and arguments is not None:
         return f"{full_key} is not a key of {where} ({target}); {listing}"
     return f"{full_key} is not a key of {where}; {listing} (to add a key of your own: +{assignment})"
-

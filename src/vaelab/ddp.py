@@ -142,7 +142,9 @@ def job_processes(trainer: pl.Trainer, job_config: dict[str, Any]) -> Iterator[N
                 os.environ[key] = value
     bad = [p for p in getattr(launcher, "procs", []) if p.returncode]
     if bad:
-        raise RuntimeError(f"DDP rank process(es) {[p.pid for p in bad]} exited with code(s) {[p.returncode for p in bad]}")
+        raise RuntimeError(
+            f"DDP rank process(es) {[p.pid for p in bad]} exited with code(s) {[p.returncode for p in bad]}"
+        )
 
 
 def rank_pids(trainer: pl.Trainer) -> list[int]:

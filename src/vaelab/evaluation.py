@@ -56,7 +56,10 @@ def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def newest_checkpoint(log_dir: Path) -> Path | None:
     """The most recently written best checkpoint of any training run under ``log_dir``."""
-    found = [*log_dir.glob("*/runs/*/checkpoints/best_*.ckpt"), *log_dir.glob("*/multiruns/*/*/checkpoints/best_*.ckpt")]
+    found = [
+        *log_dir.glob("*/runs/*/checkpoints/best_*.ckpt"),
+        *log_dir.glob("*/multiruns/*/*/checkpoints/best_*.ckpt"),
+    ]
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -70,7 +73,9 @@ def require_checkpoint(cfg: DictConfig) -> None:
         relative = Path(os.path.relpath(newest))
         example = str(newest if relative.parts[0] == ".." else relative)
     where = "the newest here" if newest is not None else "a training run's"
-    raise ConfigError(f"ckpt_path must be set: the checkpoint to evaluate, e.g. {where}: vaelab-eval ckpt_path={example}")
+    raise ConfigError(
+        f"ckpt_path must be set: the checkpoint to evaluate, e.g. {where}: vaelab-eval ckpt_path={example}"
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -97,12 +97,16 @@ class ImageGrids(pl.Callback):
         recon_title = f"Reconstructions, {when}\ninput: {what}\nreconstruction: decoder mean at z = E[z|x]"
         panels = {
             "reconstructions": compose_panel(pairs, recon_title, labels)[0],
-            "samples": compose_panel(make_grid(samples, nrow=nrow), f"Prior samples, {when}\ndecoder mean at z ~ N(0, I)")[0],
+            "samples": compose_panel(
+                make_grid(samples, nrow=nrow), f"Prior samples, {when}\ndecoder mean at z ~ N(0, I)"
+            )[0],
         }
         paths = {name: save_png(page, self.dirpath / f"{name}{suffix}.png") for name, page in panels.items()}
         if sigma is not None:
             mode = getattr(pl_module.likelihood, "sigma_mode", "")
-            paths["sigma_map"] = save_sigma_map(sigma, self.dirpath / f"sigma_map{suffix}.png", f"Decoder sigma ({mode})\n{when}")
+            paths["sigma_map"] = save_sigma_map(
+                sigma, self.dirpath / f"sigma_map{suffix}.png", f"Decoder sigma ({mode})\n{when}"
+            )
         self._log_images(trainer, paths)
         self.written = list(paths.values())
         return self.written
@@ -131,7 +135,9 @@ class ImageGrids(pl.Callback):
             return
         epoch = trainer.current_epoch + 1
         if self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0:
-            self.write(trainer, pl_module, suffix=f"_epoch{epoch:03d}", when=f"epoch {epoch} (step {trainer.global_step})")
+            self.write(
+                trainer, pl_module, suffix=f"_epoch{epoch:03d}", when=f"epoch {epoch} (step {trainer.global_step})"
+            )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:

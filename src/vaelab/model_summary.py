@@ -25,8 +25,13 @@ class ModelSummary(RichModelSummary):
     ) -> None:
         if total_flops:
             RichModelSummary.summarize(
-                summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
-                total_flops, **summarize_kwargs,
+                summary_data,
+                total_parameters,
+                trainable_parameters,
+                model_size,
+                total_training_modes,
+                total_flops,
+                **summarize_kwargs,
             )
             return
         from lightning.pytorch.utilities.model_summary.model_summary import (
@@ -48,7 +53,9 @@ class ModelSummary(RichModelSummary):
         grid = Table.grid(expand=True)
         grid.add_column()
         grid.add_row(f"[bold]Trainable params[/]: {get_human_readable_count(int(trainable_parameters))}")
-        grid.add_row(f"[bold]Non-trainable params[/]: {get_human_readable_count(int(total_parameters - trainable_parameters))}")
+        grid.add_row(
+            f"[bold]Non-trainable params[/]: {get_human_readable_count(int(total_parameters - trainable_parameters))}"
+        )
         grid.add_row(f"[bold]Total params[/]: {get_human_readable_count(int(total_parameters))}")
         grid.add_row(f"[bold]Total estimated model params size (MB)[/]: {get_formatted_model_size(model_size)}")
         console.print(grid)

@@ -29,7 +29,9 @@ def metric_for_sweeper(metrics: dict[str, Any], name: str | None) -> float | Non
         return None
     sign, key = (-1.0, name[1:]) if name.startswith("-") else (1.0, name)
     if key not in metrics:
-        raise ConfigError(f"optimized_metric={name} was not logged by this trial; it logged {', '.join(sorted(metrics))}")
+        raise ConfigError(
+            f"optimized_metric={name} was not logged by this trial; it logged {', '.join(sorted(metrics))}"
+        )
     return sign * float(metrics[key])
 
 

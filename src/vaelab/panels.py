@@ -25,7 +25,9 @@ from torch import Tensor
 GRID_FILL = 0.5
 
 
-def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, min_cell: int = 56, fill: float = GRID_FILL) -> Tensor:
+def make_grid(
+    images: Tensor, nrow: int | None = None, padding: int = 2, min_cell: int = 56, fill: float = GRID_FILL
+) -> Tensor:
     """Tile (N, C, H, W) images in [0, 1] into one (H', W', C) uint8 array, upscaled
     by an integer factor so that each cell is at least ``min_cell`` pixels high, on a
     mid-grey ``fill`` that stays visible against both black backgrounds and white strokes."""
@@ -53,7 +55,9 @@ def interleave_rows(inputs: Tensor, outputs: Tensor, nrow: int) -> Tensor:
     return torch.cat(rows)
 
 
-def paired_rows(inputs: Tensor, outputs: Tensor, nrow: int, gap: int = 8, fill: float = GRID_FILL) -> tuple[Tensor, list[tuple[int, str]]]:
+def paired_rows(
+    inputs: Tensor, outputs: Tensor, nrow: int, gap: int = 8, fill: float = GRID_FILL
+) -> tuple[Tensor, list[tuple[int, str]]]:
     """A grid of row pairs, ``nrow`` inputs above their ``nrow`` reconstructions, with a
     ``gap`` of white between pairs so that each pair reads as one; and the labels for
     :func:`compose_panel`: ("input" or "reconstruction", at the pixel row of its row's
@@ -73,7 +77,11 @@ def paired_rows(inputs: Tensor, outputs: Tensor, nrow: int, gap: int = 8, fill: 
 
 
 def compose_panel(
-    grid: Tensor | np.ndarray, title: str = "", row_labels: Sequence[tuple[int, str]] = (), fontsize: float = 10, dpi: int = 100
+    grid: Tensor | np.ndarray,
+    title: str = "",
+    row_labels: Sequence[tuple[int, str]] = (),
+    fontsize: float = 10,
+    dpi: int = 100,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """The uint8 (H, W, C) ``grid`` on a white page, with ``title`` (one or more lines)
     above it and ``row_labels`` ((pixel row of the grid, text), right-aligned) at its
@@ -92,7 +100,9 @@ def compose_panel(
     fig = Figure(dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(fig)
     renderer = canvas.get_renderer()
-    heading = fig.text(0.5, 1.0, title, fontsize=fontsize + 1, ha="center", va="top", linespacing=1.3) if title else None
+    heading = (
+        fig.text(0.5, 1.0, title, fontsize=fontsize + 1, ha="center", va="top", linespacing=1.3) if title else None
+    )
     labels = [(y, fig.text(0, 0, text, fontsize=fontsize, ha="right", va="center")) for y, text in row_labels]
 
     def extent(artist: Any) -> tuple[int, int]:
@@ -156,7 +166,9 @@ def sigma_map_figure(sigma: Tensor, title: str) -> Any:
     sigma = sigma.detach().float().cpu()
     if sigma.dim() == 4:  # per-example maps (predicted sigma): show the first few
         sigma = sigma[:8]
-        panels = [(sigma[i, c], f"image {i}, channel {c}") for i in range(sigma.shape[0]) for c in range(sigma.shape[1])]
+        panels = [
+            (sigma[i, c], f"image {i}, channel {c}") for i in range(sigma.shape[0]) for c in range(sigma.shape[1])
+        ]
     else:
         panels = [(sigma[c], f"channel {c}") for c in range(sigma.shape[0])]
     vmin, vmax = float(sigma.min()), float(sigma.max())
@@ -199,7 +211,10 @@ def save_latent_usage(report: dict[str, list[float]], path: Path, threshold: flo
     bottom.set_ylabel("Var_x of E_q[z_i|x]\n(log scale)")
     bottom.set_xticks(list(positions), [str(i) for i in order], fontsize=7)
     bottom.set_xlabel("latent dimension (sorted by KL); red: inactive (variance below the dashed line)")
-    fig.suptitle(title or f"Latent usage on the test set: {sum(active)} of {len(kl)} dimensions active, total KL {sum(kl):.2f} nats")
+    fig.suptitle(
+        title
+        or f"Latent usage on the test set: {sum(active)} of {len(kl)} dimensions active, total KL {sum(kl):.2f} nats"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, facecolor="white")
     return path

@@ -30,7 +30,9 @@ class RichProgressBar(_RichProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
         self._next_train_update = 0.0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = self.clock()
         if now < self._next_train_update and batch_idx + 1 < trainer.num_training_batches:
             return

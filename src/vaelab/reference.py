@@ -51,7 +51,9 @@ class ReferenceVAE(nn.Module):
         latent_dim = int(cfg.model.latent_dim)
         self.encoder = instantiate(cfg.model.encoder)(image_shape=image_shape, latent_dim=latent_dim)
         self.decoder = instantiate(cfg.model.decoder)(
-            image_shape=image_shape, latent_dim=latent_dim, out_channels=image_shape[0] * self.likelihood.params_per_channel
+            image_shape=image_shape,
+            latent_dim=latent_dim,
+            out_channels=image_shape[0] * self.likelihood.params_per_channel,
         )
         self.beta = float(cfg.model.beta)
         #: sigma^2 measured on the training data, for sigma=optimal at evaluation
@@ -75,7 +77,9 @@ class ReferenceVAE(nn.Module):
 
 
 def _batches(images: Tensor, batch_size: int, generator: torch.Generator | None = None) -> list[Tensor]:
-    order = torch.randperm(images.shape[0], generator=generator) if generator is not None else torch.arange(images.shape[0])
+    order = (
+        torch.randperm(images.shape[0], generator=generator) if generator is not None else torch.arange(images.shape[0])
+    )
     return [images[order[i : i + batch_size]] for i in range(0, images.shape[0], batch_size)]
 
 
@@ -128,7 +132,11 @@ def train_reference(
     image_shape = tuple(datamodule.image_shape)
     levels = int(datamodule.levels)
     model = ReferenceVAE(cfg, image_shape)
-    train_images, val_images, test_images = datamodule.train_images.cpu(), datamodule.val_images.cpu(), datamodule.test_images.cpu()
+    train_images, val_images, test_images = (
+        datamodule.train_images.cpu(),
+        datamodule.val_images.cpu(),
+        datamodule.test_images.cpu(),
+    )
     if init_output_bias:
         with torch.no_grad():
             mean = model.likelihood.prepare(train_images, levels).mean(dim=0)
@@ -161,5 +169,10 @@ def train_reference(
     model.eval_mse = best[2]["eval_mse"]
     test = _evaluate(model, test_images, levels, eval_batch_size)
     return ReferenceResult(
-        elbo=test["elbo"], recon=test["recon"], kl=test["kl"], active_units=test["active_units"], best_epoch=best[1], val_elbo=history
+        elbo=test["elbo"],
+        recon=test["recon"],
+        kl=test["kl"],
+        active_units=test["active_units"],
+        best_epoch=best[1],
+        val_elbo=history,
     )

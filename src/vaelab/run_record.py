@@ -123,8 +123,11 @@ def report_fast_dev_run(metrics: dict[str, Any], output_dir: Path) -> None:
     from vaelab.errors import remove_unstarted_run_dir
 
     shown = {k: v for k, v in metrics.items() if k in ("val/elbo", "test/elbo", "test/nll_iw")}
-    print("debug=fast ran one batch of each stage; nothing was saved. "
-          + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
+    print(
+        "debug=fast ran one batch of each stage; nothing was saved. "
+        + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()),
+        flush=True,
+    )
     if not sweeps.in_multirun():
         remove_unstarted_run_dir(output_dir)
 
@@ -137,5 +140,7 @@ def warn_if_collapsed(metrics: dict[str, Any], latent_dim: int) -> None:
             "Posterior collapse: %s of %d latent dimensions are active and the test KL is %.3g nats, so the decoder "
             "ignores z (its reconstructions and samples are one mean image). Lower model.beta, or try "
             "model.kl_warmup_steps or model.free_bits.",
-            int(active or 0), latent_dim, kl if kl is not None else float("nan"),
+            int(active or 0),
+            latent_dim,
+            kl if kl is not None else float("nan"),
         )

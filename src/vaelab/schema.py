@@ -71,7 +71,9 @@ def validate(cfg: DictConfig) -> None:
     channels_last = _select(cfg, "model.channels_last")
     encoder = _select(cfg, "model.encoder._target_")
     if channels_last is True and isinstance(encoder, str) and "Conv" not in encoder.rsplit(".", 1)[-1]:
-        raise ConfigError(f"model.channels_last=true is for convolutional networks, but model.encoder is {encoder}; use model=conv")
+        raise ConfigError(
+            f"model.channels_last=true is for convolutional networks, but model.encoder is {encoder}; use model=conv"
+        )
     sigma = _select(cfg, "likelihood.sigma")
     lo, hi = _select(cfg, "likelihood.log_sigma_min"), _select(cfg, "likelihood.log_sigma_max")
     if sigma is not _MISSING and lo is not _MISSING and hi is not _MISSING:

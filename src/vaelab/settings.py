@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from vaelab.exceptions import ConfigError
 
@@ -100,7 +100,7 @@ class ModelSchema:
     # 2**24 raised an MNIST run's peak memory by ~250 MB and was no faster (BENCHMARKS.md)
     iw_chunk_elements: int = 2**22
     # None: the likelihood's choice (Likelihood.init_output_bias_by_default; BENCHMARKS.md)
-    init_output_bias: Optional[bool] = None
+    init_output_bias: bool | None = None
     compile: bool = False
     channels_last: bool = False
     encoder: Any = None

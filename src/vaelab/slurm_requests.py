@@ -28,16 +28,18 @@ from typing import Any
 from vaelab.exceptions import ConfigError
 
 #: pending reasons that never clear without someone changing the job or the cluster
-PERMANENT_REASONS = frozenset({
-    "PartitionConfig",  # the request exceeds what the partition's nodes have
-    "PartitionTimeLimit",  # a time limit longer than the partition's
-    "BadConstraints",
-    "DependencyNeverSatisfied",
-    "InvalidAccount",
-    "InvalidQOS",
-    "AccountNotAllowed",
-    "QOSNotAllowed",
-})
+PERMANENT_REASONS = frozenset(
+    {
+        "PartitionConfig",  # the request exceeds what the partition's nodes have
+        "PartitionTimeLimit",  # a time limit longer than the partition's
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AccountNotAllowed",
+        "QOSNotAllowed",
+    }
+)
 #: per-job (and per-node-of-a-job) limits of a QOS or an association, and QOS minimums:
 #: a job over them never fits (per-user, per-account and group limits clear as other jobs end)
 _PER_JOB_LIMIT = re.compile(r"^(?:QOS|Assoc)Max\w*Per(?:Job|Node)|^QOSMin")
@@ -149,7 +151,9 @@ class Request:
             memory = megabytes(job.get("MinMemoryCPU")) * cpus  # type: ignore[operator]
         if memory is None and megabytes(tres.get("mem")) is not None:
             memory = megabytes(tres.get("mem")) / nodes  # type: ignore[operator]
-        gpus = gpu_count(job.get("TresPerNode")) or math.ceil(gpu_count(",".join(f"{k}={v}" for k, v in tres.items())) / nodes)
+        gpus = gpu_count(job.get("TresPerNode")) or math.ceil(
+            gpu_count(",".join(f"{k}={v}" for k, v in tres.items())) / nodes
+        )
         return cls(job.get("Partition") or None, nodes, cpus, memory or None, gpus, minutes(job.get("TimeLimit")))
 
     @classmethod
@@ -182,7 +186,9 @@ class Node:
     @classmethod
     def from_record(cls, node: Mapping[str, str]) -> Node:
         cpus = _first_int(node.get("CPUEfctv") or node.get("CPUTot"), 0)
-        return cls(node.get("NodeName", "?"), cpus, megabytes(node.get("RealMemory")) or 0.0, gpu_count(node.get("Gres")))
+        return cls(
+            node.get("NodeName", "?"), cpus, megabytes(node.get("RealMemory")) or 0.0, gpu_count(node.get("Gres"))
+        )
 
     def describe(self) -> str:
         gpus = f", {self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else ", no GPU"
@@ -200,9 +206,7 @@ class Partition:
     @classmethod
     def from_records(cls, partition: Mapping[str, str], nodes: Iterable[Mapping[str, str]]) -> Partition:
         name = partition.get("PartitionName", "?")
-        members = tuple(
-            Node.from_record(n) for n in nodes if name in (n.get("Partitions") or "").split(",")
-        )
+        members = tuple(Node.from_record(n) for n in nodes if name in (n.get("Partitions") or "").split(","))
         max_nodes = partition.get("MaxNodes", "")
         return cls(
             name,
@@ -252,7 +256,9 @@ def shortfalls(request: Request, partition: Partition) -> list[tuple[str, str]]:
     if request.cpus_per_node > most_cpus:
         found.append(("cpus", f"{request.cpus_per_node} CPUs per node (nodes here have at most {most_cpus})"))
     if request.memory_mb_per_node is not None and request.memory_mb_per_node > most_memory:
-        found.append(("memory", f"{gb(request.memory_mb_per_node)} memory per node (nodes here have at most {gb(most_memory)})"))
+        found.append(
+            ("memory", f"{gb(request.memory_mb_per_node)} memory per node (nodes here have at most {gb(most_memory)})")
+        )
     if request.gpus_per_node > most_gpus:
         gpus = f"{request.gpus_per_node} GPU{'s' if request.gpus_per_node != 1 else ''}"
         have = f"at most {most_gpus}" if most_gpus else "none"
@@ -263,7 +269,11 @@ def shortfalls(request: Request, partition: Partition) -> list[tuple[str, str]]:
             found.append(("cpus", f"{describe_request(request)} (no node has all of it)"))
         elif request.nodes > able:
             found.append(("nodes", f"{request.nodes} nodes (the partition has {able} that could run it)"))
-    if request.time_min is not None and partition.max_time_min is not None and request.time_min > partition.max_time_min:
+    if (
+        request.time_min is not None
+        and partition.max_time_min is not None
+        and request.time_min > partition.max_time_min
+    ):
         limit = f"{request.time_min:g} min (the partition allows at most {partition.max_time_min:g})"
         found.append(("time", f"a time limit of {limit}"))
     return found
@@ -298,7 +308,9 @@ def message(
         jobs = f"job array {job_id} of this sweep ({tasks} jobs" if tasks > 1 else f"job {job_id} of this sweep (1 job"
         head = f"SLURM can never start {jobs} pending with reason {reason_code(reason or '')})"
     if partition is None:
-        detail = f"partition {request.partition} does not exist here (partitions: {', '.join(partitions) or 'none found'})"
+        detail = (
+            f"partition {request.partition} does not exist here (partitions: {', '.join(partitions) or 'none found'})"
+        )
         advice = "Set hydra.launcher.partition to one of them"
     else:
         missing = shortfalls(request, partition)

@@ -88,11 +88,19 @@ def refusal(error: BaseException, params: Mapping[str, Any]) -> SlurmRequestErro
     text = str(error)
     if not text.lstrip().startswith("sbatch: error"):
         return None
-    why = "; ".join(line.removeprefix("sbatch: error: ").strip() for line in text.splitlines() if line.startswith("sbatch: error"))
+    why = "; ".join(
+        line.removeprefix("sbatch: error: ").strip() for line in text.splitlines() if line.startswith("sbatch: error")
+    )
     request = Request.from_launcher(params)
     partitions = parse_records(_run("scontrol", "show", "partition", "--oneliner") or "")
-    return SlurmRequestError(message(request, partition_of(request.partition), refused=why,
-                                     partitions=[p.get("PartitionName", "?") for p in partitions]))
+    return SlurmRequestError(
+        message(
+            request,
+            partition_of(request.partition),
+            refused=why,
+            partitions=[p.get("PartitionName", "?") for p in partitions],
+        )
+    )
 
 
 def poll_intervals() -> Iterator[float]:
@@ -106,7 +114,17 @@ def poll_intervals() -> Iterator[float]:
 # -- watching one launch ------------------------------------------------------------
 _SUBMISSION = re.compile(r"^(\d+)_submission\.sh$")
 #: states of a job that has left the queue or got past it: nothing more to watch
-_STARTED = {"RUNNING", "COMPLETING", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "SUSPENDED", "OUT_OF_MEMORY"}
+_STARTED = {
+    "RUNNING",
+    "COMPLETING",
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "PREEMPTED",
+    "SUSPENDED",
+    "OUT_OF_MEMORY",
+}
 
 
 def submitit_root(folder: str | Path) -> Path:
@@ -176,7 +194,7 @@ class PendingWatch:
                 continue
             cancel([job_id])
             self.done.add(job_id)
-            return SlurmRequestError(message(request or Request(None), partition, job_id=job_id, tasks=len(tasks),
-                                             reason=reason))
+            return SlurmRequestError(
+                message(request or Request(None), partition, job_id=job_id, tasks=len(tasks), reason=reason)
+            )
         return None
-

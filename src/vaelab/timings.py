@@ -24,7 +24,9 @@ def process_start_time() -> float | None:
     """When this process started (seconds since the epoch), from /proc on Linux; else None."""
     try:
         fields = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return None
@@ -55,7 +57,11 @@ class Timings(pl.Callback):
         self._epoch_start: tuple[float, float] | None = None  # (clock, validation_s) at its start
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.times = {"process_start": process_start_time(), "fit_start": time.time(), "max_rss_mb_at_fit_start": max_rss_mb()}
+        self.times = {
+            "process_start": process_start_time(),
+            "fit_start": time.time(),
+            "max_rss_mb_at_fit_start": max_rss_mb(),
+        }
         self._fit_start = self.clock()
         self.times["epoch_train_s"] = []
         self.validation_s = 0.0
@@ -70,13 +76,17 @@ class Timings(pl.Callback):
             self.times["epoch_train_s"].append(self.clock() - start - (self.validation_s - validation_before))
             self._epoch_start = None
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if "first_step_start" not in self.times:
             self.times["first_step_start"] = now = time.time()
             if self.announce and trainer.is_global_zero:
                 print(f"vaelab: first training step at {now:.6f}", flush=True)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.times.setdefault("first_step_end", time.time())
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -50,8 +50,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     check_sweeper_metric(cfg)
     ddp_strategy = "DDP" in str(OmegaConf.select(cfg, "trainer.strategy._target_", default=""))
-    check_gpus_exist(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"),
-                     cpu_hint="trainer=ddp_cpu" if ddp_strategy else "trainer=cpu")
+    check_gpus_exist(
+        cfg.trainer.get("accelerator"),
+        cfg.trainer.get("devices"),
+        cpu_hint="trainer=ddp_cpu" if ddp_strategy else "trainer=cpu",
+    )
     output_dir = Path(cfg.paths.output_dir)
     holds_job_folder = sweeps.in_multirun() and not ddp.is_extra_rank() and rank_zero_only.rank == 0
     with sweeps.JobFolderLock(output_dir) if holds_job_folder else nullcontext():
@@ -82,8 +85,9 @@ def train_job(cfg: DictConfig, output_dir: Path, start: JobStart) -> dict[str, f
         model.run_config = resolved
         use_offline_wandb_without_key(cfg)
         trainer_overrides = {"devices": claim.devices} if claim.devices is not None and trains_on_gpu(cfg) else {}
-        trainer = build_trainer(cfg, instantiate_dict(cfg.get("callbacks")), instantiate_dict(cfg.get("logger")),
-                                trainer_overrides)
+        trainer = build_trainer(
+            cfg, instantiate_dict(cfg.get("callbacks")), instantiate_dict(cfg.get("logger")), trainer_overrides
+        )
         if checkpoint is not None and not start.resuming_interrupted_job:
             check_training_left(checkpoint, trainer, start.ckpt_path)
         del checkpoint  # Lightning reads the file again when it resumes
@@ -97,24 +101,36 @@ def train_job(cfg: DictConfig, output_dir: Path, start: JobStart) -> dict[str, f
     if trainer.fast_dev_run:
         report_fast_dev_run(metrics, output_dir)
         return metrics
-    write_summary(trainer, metrics, output_dir, {
-        "threads": threads,
-        "parallel_jobs": n_jobs,
-        "devices": claim.devices,
-        "devices_held": claim.held,
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "world_size": trainer.world_size,
-        "ddp_pids": ddp.rank_pids(trainer),
-        "run": describe_run(cfg, model, datamodule),
-        "latents": model.latent_report,
-    })
+    write_summary(
+        trainer,
+        metrics,
+        output_dir,
+        {
+            "threads": threads,
+            "parallel_jobs": n_jobs,
+            "devices": claim.devices,
+            "devices_held": claim.held,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "world_size": trainer.world_size,
+            "ddp_pids": ddp.rank_pids(trainer),
+            "run": describe_run(cfg, model, datamodule),
+            "latents": model.latent_report,
+        },
+    )
     record_done(output_dir)
     warn_if_collapsed(metrics, model.latent_dim)
     return metrics
 
 
-def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: Any,
-                 resolved: dict[str, Any], rank_config: dict[str, Any]) -> dict[str, Any]:
+def fit_and_test(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule: Any,
+    ckpt_path: Any,
+    resolved: dict[str, Any],
+    rank_config: dict[str, Any],
+) -> dict[str, Any]:
     """Fit (resuming from ``ckpt_path``), then test the best checkpoint; the job's W&B
     run ends with the test numbers, or as failed when anything here raises."""
     metrics: dict[str, Any] | None = None

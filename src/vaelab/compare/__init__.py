@@ -16,12 +16,14 @@ the plots show those means with error bars. :func:`plot_rate_distortion`,
 :func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures. The notebook
 ``notebooks/compare_sweep.ipynb`` calls the same functions.
 
-The package: :mod:`~vaelab.compare.records` (reading jobs), :mod:`~vaelab.compare.seeds`
+The package: :mod:`~vaelab.compare.job` (one job folder -> one record: what the job
+states in its run.json and metrics.json), :mod:`~vaelab.compare.records` (finding jobs,
+what a sweep varied), :mod:`~vaelab.compare.seeds`
 (settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`, and
 this module (the command line).
 
 Works on a sweep that is still running or partly failed: missing files leave blanks
-(job status: :mod:`vaelab.compare.records`).
+(job status: :mod:`vaelab.compare.job`).
 
 Numbers are nats per image, as everywhere in vaelab (see README, "What is logged").
 """
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaelab.compare.job import FAILURE_MARKER, job_status, load_job, load_sweep, read_csv_metrics, sigma_label
 from vaelab.compare.plots import (
     job_title,
     line_groups,
@@ -43,22 +46,16 @@ from vaelab.compare.plots import (
     plot_rate_distortion,
 )
 from vaelab.compare.records import (
-    FAILURE_MARKER,
     NESTED,
     STATUS_ORDER,
     config_value,
     find_jobs,
     format_value,
     is_job,
-    load_job,
-    load_sweep,
-    log_failure,
     natural_key,
     parse_override,
-    read_csv_metrics,
     setting,
     short_names,
-    sigma_label,
     sweep_overrides,
     swept_keys,
 )
@@ -76,12 +73,46 @@ from vaelab.compare.table import (
 )
 
 __all__ = [
-    "DEFAULT_METRIC", "FAILURE_MARKER", "NESTED", "OUT_DIR_NAME", "STATUS_ORDER", "Column", "Comparison", "Table",
-    "aggregate_seeds", "build_settings_table", "build_table", "compare", "config_value", "find_jobs", "format_value",
-    "group_by_setting", "higher_is_better", "is_job", "job_title", "line_groups", "load_job", "load_sweep", "log_failure",
-    "main", "metric_value", "natural_key", "parse_override", "plot_elbo_nll_vs_beta", "plot_montage",
-    "plot_rate_distortion", "rank_within_groups", "read_csv_metrics", "seeds_swept", "setting", "short_names",
-    "sigma_label", "sort_records", "sweep_overrides", "swept_keys", "within_noise",
+    "DEFAULT_METRIC",
+    "FAILURE_MARKER",
+    "NESTED",
+    "OUT_DIR_NAME",
+    "STATUS_ORDER",
+    "Column",
+    "Comparison",
+    "Table",
+    "aggregate_seeds",
+    "build_settings_table",
+    "build_table",
+    "compare",
+    "config_value",
+    "find_jobs",
+    "format_value",
+    "group_by_setting",
+    "higher_is_better",
+    "is_job",
+    "job_status",
+    "job_title",
+    "line_groups",
+    "load_job",
+    "load_sweep",
+    "main",
+    "metric_value",
+    "natural_key",
+    "parse_override",
+    "plot_elbo_nll_vs_beta",
+    "plot_montage",
+    "plot_rate_distortion",
+    "rank_within_groups",
+    "read_csv_metrics",
+    "seeds_swept",
+    "setting",
+    "short_names",
+    "sigma_label",
+    "sort_records",
+    "sweep_overrides",
+    "swept_keys",
+    "within_noise",
 ]
 
 OUT_DIR_NAME = "compare"
@@ -116,8 +147,10 @@ def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None
         settings = build_settings_table(records, metric)
         written.append(settings.write_csv(out / "settings.csv"))
         markdown = (
-            f"# Sweep {sweep.resolve()}\n\n" + settings.markdown(title="Settings over seeds", level=2)
-            + "\n" + table.markdown(title="Every job", level=2)
+            f"# Sweep {sweep.resolve()}\n\n"
+            + settings.markdown(title="Settings over seeds", level=2)
+            + "\n"
+            + table.markdown(title="Every job", level=2)
         )
         ordered = sort_records(aggregate_seeds(records), table.metric)
     written[0].write_text(markdown)
@@ -142,10 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compare the jobs of a vaelab sweep: a table sorted by test NLL, rate-distortion and "
         "ELBO/NLL-vs-beta plots, and a montage of samples. Writes into <sweep>/compare/ unless --out is given.",
     )
-    parser.add_argument("sweep", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of job folders")
+    parser.add_argument(
+        "sweep", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of job folders"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <sweep>/compare)")
     parser.add_argument(
-        "--metric", default=DEFAULT_METRIC,
+        "--metric",
+        default=DEFAULT_METRIC,
         help=f"metric to sort by (default {DEFAULT_METRIC}, falling back to -test/elbo); "
         "ELBO and recon metrics sort highest first, others lowest first",
     )

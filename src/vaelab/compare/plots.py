@@ -67,14 +67,18 @@ def _count(done: Sequence[dict[str, Any]]) -> str:
     return f"{len(done)} finished jobs"
 
 
-def _line(ax: Any, x: list, y: list, members: Sequence[dict[str, Any]], x_key: str | None, y_key: str, **style: Any) -> Any:
+def _line(
+    ax: Any, x: list, y: list, members: Sequence[dict[str, Any]], x_key: str | None, y_key: str, **style: Any
+) -> Any:
     """A line through the points, with error bars of one sd where the records have them."""
     xerr = [m.get(f"{x_key}_sd", 0.0) for m in members] if x_key else None
     yerr = [m.get(f"{y_key}_sd", 0.0) for m in members]
     if y_key == "nll" and not any(yerr):  # the NLL's spread is that of its source metric
         yerr = [m.get(f"{m.get('nll_source', '').lstrip('-')}_sd", 0.0) for m in members]
     if any(yerr) or (xerr and any(xerr)):
-        container = ax.errorbar(x, y, xerr=xerr if xerr and any(xerr) else None, yerr=yerr if any(yerr) else None, capsize=3, **style)
+        container = ax.errorbar(
+            x, y, xerr=xerr if xerr and any(xerr) else None, yerr=yerr if any(yerr) else None, capsize=3, **style
+        )
         return container.lines[0]
     (line,) = ax.plot(x, y, **style)
     return line
@@ -84,7 +88,9 @@ def _ring_collapsed(ax: Any, records: Sequence[dict[str, Any]], x: Any, y: Any) 
     """A red ring around each point whose posterior collapsed (one legend entry)."""
     points = [(x(r), y(r)) for r in records if r.get("collapsed") and x(r) is not None and y(r) is not None]
     if points:
-        ax.scatter(*zip(*points), s=160, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5, label=COLLAPSE_LABEL)
+        ax.scatter(
+            *zip(*points), s=160, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5, label=COLLAPSE_LABEL
+        )
 
 
 def comparable_groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -111,32 +117,56 @@ def plot_rate_distortion(records: Sequence[dict[str, Any]], path: str | Path | N
     for ax, (group, members_of_group) in zip(axes, panels.items()):
         xs, ys = [r["test/kl"] for r in members_of_group], [-r["test/recon"] for r in members_of_group]
         span = (max(xs) - min(xs) or 1.0, max(ys) - min(ys) or 1.0)
-        for index, (label, members) in enumerate(line_groups(members_of_group, "test/kl").items()):
+        for label, members in line_groups(members_of_group, "test/kl").items():
             x = [r["test/kl"] for r in members]
             y = [-r["test/recon"] for r in members]
-            style = {"marker": _MARKERS[sorted(lines).index(label) % len(_MARKERS)], "color": colours[label], "label": label}
+            style = {
+                "marker": _MARKERS[sorted(lines).index(label) % len(_MARKERS)],
+                "color": colours[label],
+                "label": label,
+            }
             line = _line(ax, x, y, members, "test/kl", "test/recon", **style)
             for i, (betas, xi, yi) in enumerate(_merge_close(members, x, y, span)):
                 ax.annotate(
-                    "β=" + ", ".join(f"{b:g}" for b in betas), (xi, yi), textcoords="offset points",
-                    xytext=(5, 5 if i % 2 == 0 else -11), fontsize=8, color=line.get_color(),
+                    "β=" + ", ".join(f"{b:g}" for b in betas),
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(5, 5 if i % 2 == 0 else -11),
+                    fontsize=8,
+                    color=line.get_color(),
                 )
         _ring_collapsed(ax, members_of_group, lambda r: r["test/kl"], lambda r: -r["test/recon"])
         ax.set_xlabel("rate: KL(q(z|x) ‖ p(z))  [nats per image]")
         ax.set_ylabel("distortion: −E_q[log p(x|z)]  [nats per image]")
-        ax.set_title(f"{group}: {_count(members_of_group)}" if len(panels) > 1 else f"{_count(done)}; points labelled with training β", fontsize=10)
+        ax.set_title(
+            f"{group}: {_count(members_of_group)}"
+            if len(panels) > 1
+            else f"{_count(done)}; points labelled with training β",
+            fontsize=10,
+        )
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.08, y=0.08)
     fig.suptitle("Rate–distortion on the test set" + ("; points labelled with training β" if len(panels) > 1 else ""))
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), title="decoder",
-               fontsize=8, title_fontsize=9)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(2, len(handles)),
+        title="decoder",
+        fontsize=8,
+        title_fontsize=9,
+    )
     _save(fig, path)
     return fig
 
 
 def _merge_close(
-    members: Sequence[dict[str, Any]], x: Sequence[float], y: Sequence[float], span: tuple[float, float], tol: float = 0.02
+    members: Sequence[dict[str, Any]],
+    x: Sequence[float],
+    y: Sequence[float],
+    span: tuple[float, float],
+    tol: float = 0.02,
 ) -> list[tuple[list[float], float, float]]:
     """Points of one line that (nearly) coincide get one label listing their betas."""
     labels: list[tuple[list[float], float, float]] = []
@@ -177,7 +207,9 @@ def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | 
     if not done:
         return None
     panels = comparable_groups(done)
-    labels = sorted({label for members in panels.values() for key in ("test/elbo", "nll") for label in line_groups(members, key)})
+    labels = sorted(
+        {label for members in panels.values() for key in ("test/elbo", "nll") for label in line_groups(members, key)}
+    )
     fig = _figure(12, 4.6 * len(panels) + 0.6 + 0.18 * math.ceil(len(labels) / 3))
     rows = fig.subplots(len(panels), 2, squeeze=False)
     markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(labels)}
@@ -185,13 +217,30 @@ def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | 
     for (left, right), (group, members_of_group) in zip(rows, panels.items()):
         prefix = f"{group}: " if len(panels) > 1 else ""
         for ax, key, ylabel, title in (
-            (left, "test/elbo", "test ELBO  [nats per image]  (higher is better)", "ELBO (β = 1 bound) against training β"),
-            (right, "nll", "test NLL  [nats per image]  (lower is better)", "Importance-weighted NLL against training β"),
+            (
+                left,
+                "test/elbo",
+                "test ELBO  [nats per image]  (higher is better)",
+                "ELBO (β = 1 bound) against training β",
+            ),
+            (
+                right,
+                "nll",
+                "test NLL  [nats per image]  (lower is better)",
+                "Importance-weighted NLL against training β",
+            ),
         ):
             for label, members in line_groups(members_of_group, key).items():
                 _line(
-                    ax, [r["beta"] for r in members], [r[key] for r in members], members, None, key,
-                    marker=markers[label], color=colours[label], label=label,
+                    ax,
+                    [r["beta"] for r in members],
+                    [r[key] for r in members],
+                    members,
+                    None,
+                    key,
+                    marker=markers[label],
+                    color=colours[label],
+                    label=label,
                 )
             _ring_collapsed(ax, members_of_group, lambda r: r["beta"], lambda r, key=key: r.get(key))
             _beta_axis(ax, [r["beta"] for r in members_of_group if r.get("beta") is not None])
@@ -202,8 +251,13 @@ def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | 
             right.set_title(prefix + "NLL against training β (−ELBO where no IW estimate)", fontsize=10)
     handles = {label: h for ax in rows.flat for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(
-        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)),
-        title="decoder", fontsize=8, title_fontsize=9,
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(3, len(handles)),
+        title="decoder",
+        fontsize=8,
+        title_fontsize=9,
     )
     fig.suptitle(f"Test ELBO and NLL across β ({_count(done)})")
     _save(fig, path)
@@ -282,12 +336,16 @@ def _grid_shape(n: int, cell_w: float, cell_h: float, max_cols: int, target: flo
     few empty cells."""
     best = min(
         range(1, max(1, min(n, max_cols)) + 1),
-        key=lambda c: abs(math.log((c * cell_w) / (math.ceil(n / c) * cell_h) / target)) + (c * math.ceil(n / c) - n) / n,
+        key=lambda c: (
+            abs(math.log((c * cell_w) / (math.ceil(n / c) * cell_h) / target)) + (c * math.ceil(n / c) - n) / n
+        ),
     )
     return best, math.ceil(n / best)
 
 
-def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = None, box_px: int | None = None, max_cols: int = 8) -> Any:
+def plot_montage(
+    records: Sequence[dict[str, Any]], path: str | Path | None = None, box_px: int | None = None, max_cols: int = 8
+) -> Any:
     """One tile per done job, in the given order: its prior samples, with its sigma map
     beside them when any job has one, titled with the job's swept values and its NLL.
     Returns the Figure, or None when no done job has samples.png.
@@ -314,7 +372,10 @@ def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = No
     fontsize = 10 if box_px >= 300 else 7
     tile_w, tile_h = tiles[0][1].size
     width_chars = max(20, int(tile_w / (0.62 * fontsize * dpi / 72)))
-    titles = [job_title(r, swept, width_chars) + "\n" + (f"NLL {r['nll']:.1f} nats" if r.get("nll") is not None else r["job"]) for r, _ in tiles]
+    titles = [
+        job_title(r, swept, width_chars) + "\n" + (f"NLL {r['nll']:.1f} nats" if r.get("nll") is not None else r["job"])
+        for r, _ in tiles
+    ]
     lines = max(t.count("\n") + 1 for t in titles)
     pad, header = 16, 44
     title_px = math.ceil(lines * 1.3 * fontsize * dpi / 72) + 6
@@ -323,7 +384,7 @@ def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = No
     width, height = cols * cell_w + pad, header + rows * cell_h
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-    for i, ((record, tile), title) in enumerate(zip(tiles, titles)):
+    for i, ((_record, tile), title) in enumerate(zip(tiles, titles)):
         row, col = divmod(i, cols)
         left, top = pad + col * cell_w, header + row * cell_h + title_px
         ax = fig.add_axes((left / width, 1 - (top + tile_h) / height, tile_w / width, tile_h / height))
@@ -333,7 +394,9 @@ def plot_montage(records: Sequence[dict[str, Any]], path: str | Path | None = No
     fig.suptitle(
         f"Prior samples of the {n} finished jobs"
         + (";  right: decoder sigma per pixel (sigma_map.png), where it varies" if with_map else ""),
-        fontsize=11, y=1 - 12 / height, va="top",
+        fontsize=11,
+        y=1 - 12 / height,
+        va="top",
     )
     _save(fig, path, dpi=dpi)
     return fig

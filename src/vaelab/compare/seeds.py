@@ -52,7 +52,12 @@ def _numbers(records: Sequence[dict[str, Any]]) -> list[str]:
     keys: dict[str, None] = {}
     for record in records:
         for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in _DESCRIPTIVE and key != SEED_KEY:
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and key not in _DESCRIPTIVE
+                and key != SEED_KEY
+            ):
                 keys[key] = None
     return list(keys)
 
@@ -74,11 +79,15 @@ def aggregate(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
     record["seeds"] = [m.get(SEED_KEY) for m in done]
     record["message"] = "; ".join(f"{m.get('job')}: {m['message']}" for m in members if m.get("message"))
     for key in _numbers(done):
-        values = [float(m[key]) for m in done if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)]
+        values = [
+            float(m[key]) for m in done if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)
+        ]
         finite = [v for v in values if math.isfinite(v)]
         if not values:
             continue
-        record[key] = statistics.fmean(finite) if len(finite) == len(values) else (values[0] if len(values) == 1 else math.nan)
+        record[key] = (
+            statistics.fmean(finite) if len(finite) == len(values) else (values[0] if len(values) == 1 else math.nan)
+        )
         if len(finite) >= 2 and len(finite) == len(values):
             record[f"{key}_sd"] = statistics.stdev(finite)
     collapsed = [m.get("collapsed") for m in done if m.get("collapsed") is not None]

@@ -53,7 +53,14 @@ def sort_records(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC
         missing = value is None or math.isnan(value)
         status = STATUS_ORDER.get(record.get("status", ""), 9)
         group = groups.index(record.get("comparable") or "")
-        return (status > 0, status, group, missing, 0.0 if missing else sign * value, natural_key(record.get("job", "")))
+        return (
+            status > 0,
+            status,
+            group,
+            missing,
+            0.0 if missing else sign * value,
+            natural_key(record.get("job", "")),
+        )
 
     return sorted(records, key=key)
 
@@ -134,7 +141,10 @@ class Table:
             "",
         ]
         if self.common:
-            lines += ["Overrides shared by every job: " + ", ".join(f"`{k}={v}`" for k, v in self.common.items()) + ".", ""]
+            lines += [
+                "Overrides shared by every job: " + ", ".join(f"`{k}={v}`" for k, v in self.common.items()) + ".",
+                "",
+            ]
         lines += ["Nats per image; beta_eff = 2 sigma^2 beta (equal beta_eff: the same objective).", ""]
         lines.append("| " + " | ".join(c.header for c in self.columns) + " |")
         lines.append("|" + "|".join("---" if c.fmt == "{}" else "---:" for c in self.columns) + "|")
@@ -146,7 +156,11 @@ class Table:
 
     def write_csv(self, path: str | Path) -> Path:
         path = Path(path)
-        keys = [k for c in self.columns for k in ([c.key, f"{c.key}_sd"] if c.spread and self.per == "settings" else [c.key])]
+        keys = [
+            k
+            for c in self.columns
+            for k in ([c.key, f"{c.key}_sd"] if c.spread and self.per == "settings" else [c.key])
+        ]
         keys += ["nll_source", "message", "path"]
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -229,13 +243,14 @@ def build_settings_table(records: Sequence[dict[str, Any]], metric: str | None =
     counts = {status: sum(r["status"] == status for r in records) for status in STATUS_ORDER}
     notes = [
         f"Mean ± sample standard deviation over the finished seeds of each setting (the `seeds` column). "
-        f"\"Within noise\": the gap to the group's best mean is under {NOISE_STANDARD_ERRORS:g} standard errors of "
+        f'"Within noise": the gap to the group\'s best mean is under {NOISE_STANDARD_ERRORS:g} standard errors of '
         f"the gap, sqrt(sd1^2/n1 + sd2^2/n2), so these seeds cannot tell the two settings apart."
     ]
     for group, names in indistinct.items():
         notes.append(
             f"{group}: the best setting, {_setting_name(best[group], swept)}, is not distinguishable from "
-            + ", ".join(names) + "."
+            + ", ".join(names)
+            + "."
         )
     collapsed = [r for r in rows if r.get("collapsed_count")]
     if collapsed:
@@ -312,7 +327,9 @@ def _layout(records: Sequence[dict[str, Any]], swept: list[str], per: str, metri
     return columns
 
 
-def _notes(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], metric: str, counts: dict[str, int]) -> list[str]:
+def _notes(
+    records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], metric: str, counts: dict[str, int]
+) -> list[str]:
     notes = []
     groups = list(dict.fromkeys(r.get("comparable") for r in rows if r.get("rank") is not None))
     if len(groups) > 1:
@@ -324,9 +341,13 @@ def _notes(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], me
     if any(r.get("nll_source") == "-test/elbo" for r in records):
         notes.append("NLL* : no test/nll_iw was logged, -test/elbo is shown (an upper bound on the NLL).")
     if any(r.get("collapsed") for r in records):
-        notes.append("(collapsed): no latent dimension is active (Var_x E_q[z|x] <= 0.01) or the test KL is under 0.5 nats.")
+        notes.append(
+            "(collapsed): no latent dimension is active (Var_x E_q[z|x] <= 0.01) or the test KL is under 0.5 nats."
+        )
     if any(r["status"] != "done" for r in records):
-        notes.append("Jobs not done show the last values logged in csv/metrics.csv (beta_eff, best val ELBO, epochs so far).")
+        notes.append(
+            "Jobs not done show the last values logged in csv/metrics.csv (beta_eff, best val ELBO, epochs so far)."
+        )
     for row in rows:
         if row.get("message"):
             notes.append(f"`{row['job']}` ({row['status']}): {row['message']}")

@@ -35,7 +35,9 @@ def complete_source(source: Source | Callable[..., Source], root: str | None, do
     if hasattr(source, "load"):
         return source  # type: ignore[return-value]
     if root is None and _requires(source, "root"):
-        raise ConfigError("data.root must be set: the folder that holds this data set's files (data.root=/path/to/folder)")
+        raise ConfigError(
+            "data.root must be set: the folder that holds this data set's files (data.root=/path/to/folder)"
+        )
     kwargs: dict[str, object] = {} if root is None else {"root": str(root)}
     if download:  # only sources that can download take the flag
         kwargs["download"] = True
@@ -196,7 +198,9 @@ class ImageDataModule(pl.LightningDataModule):
     def _eval_batches(self, split: str) -> TensorBatches:
         images, labels = self._split(split)
         rank, world_size = self._rank()
-        return TensorBatches(images, labels, self.eval_batch_size, shuffle=False, rank=rank, world_size=world_size, pad=False)
+        return TensorBatches(
+            images, labels, self.eval_batch_size, shuffle=False, rank=rank, world_size=world_size, pad=False
+        )
 
     def val_dataloader(self) -> TensorBatches:
         return self._eval_batches("val")

@@ -163,7 +163,8 @@ class MNIST(_DownloadableSource):
         labels = read_idx(labels_path, LABELS_MAGIC)
         if tuple(images.shape[1:]) != self.image_shape[1:]:
             raise DatasetFormatError(
-                images_path, f"images are {images.shape[1]}x{images.shape[2]}, expected {self.image_shape[1]}x{self.image_shape[2]}"
+                images_path,
+                f"images are {images.shape[1]}x{images.shape[2]}, expected {self.image_shape[1]}x{self.image_shape[2]}",
             )
         if labels.shape[0] != images.shape[0]:
             raise DatasetFormatError(

@@ -45,4 +45,3 @@ class LatentUsage(Metric):
             "kl_per_dim": (self.kl_sum / n).float(),
             "active_units": (variance > ACTIVE_UNIT_THRESHOLD).sum(),
         }
-

@@ -99,7 +99,9 @@ class BernoulliLikelihood(Likelihood):
     # trains as well as PyTorch's (BENCHMARKS.md, "Where training starts")
     init_output_bias_by_default = True
 
-    def __init__(self, image_shape: tuple[int, int, int], binarize: Binarize | str = BernoulliLikelihoodSchema.binarize):
+    def __init__(
+        self, image_shape: tuple[int, int, int], binarize: Binarize | str = BernoulliLikelihoodSchema.binarize
+    ):
         super().__init__(image_shape)
         self.binarize = check_choice("likelihood.binarize", binarize, Binarize)
 

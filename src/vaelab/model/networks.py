@@ -32,7 +32,9 @@ def _mlp(sizes: Sequence[int], activation: str) -> list[nn.Module]:
 
 
 class MLPEncoder(nn.Sequential):
-    def __init__(self, image_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "ReLU"):
+    def __init__(
+        self, image_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "ReLU"
+    ):
         data_dim = math.prod(image_shape)
         sizes = [data_dim, *hidden]
         super().__init__(nn.Flatten(), *_mlp(sizes, activation), nn.Linear(sizes[-1], 2 * latent_dim))
@@ -113,7 +115,10 @@ class ConvDecoder(nn.Module):
         ]
         reversed_channels = list(reversed(list(channels)))
         for in_ch, out_ch in zip(reversed_channels[:-1], reversed_channels[1:]):
-            layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1), activation_layer(activation)]
+            layers += [
+                nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1),
+                activation_layer(activation),
+            ]
         layers.append(nn.ConvTranspose2d(reversed_channels[-1], out_channels, kernel_size=4, stride=2, padding=1))
         self.net = nn.Sequential(*layers)
 

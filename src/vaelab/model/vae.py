@@ -66,7 +66,9 @@ class VAE(pl.LightningModule):
         self.test_iw_samples = int(test_iw_samples)
         self.iw_chunk_elements = int(iw_chunk_elements)
         #: None: the likelihood's default (Likelihood.init_output_bias_by_default)
-        self.init_output_bias = likelihood.init_output_bias_by_default if init_output_bias is None else bool(init_output_bias)
+        self.init_output_bias = (
+            likelihood.init_output_bias_by_default if init_output_bias is None else bool(init_output_bias)
+        )
         #: the composed Hydra config, stored in every checkpoint so evaluation needs nothing else
         self.run_config: dict | None = None
 
@@ -94,7 +96,9 @@ class VAE(pl.LightningModule):
         self._train_sampled: dict[str, Tensor] = {}
         self.eval_metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({name: EVAL_REDUCTIONS.get(name, MeanMetric)() for name in self.metric_names(stage)})
+                stage: nn.ModuleDict(
+                    {name: EVAL_REDUCTIONS.get(name, MeanMetric)() for name in self.metric_names(stage)}
+                )
                 for stage in EVAL_STAGES
             }
         )
@@ -208,7 +212,9 @@ class VAE(pl.LightningModule):
     @torch.no_grad()
     def set_output_bias(self, data_mean: Tensor) -> None:
         """Start the decoder at the mean image (see Likelihood.output_bias)."""
-        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d)) and m.bias is not None][-1]
+        last = [
+            m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d)) and m.bias is not None
+        ][-1]
         bias = self.likelihood.output_bias(data_mean.to(last.bias.device))
         if isinstance(last, nn.Linear):
             last.bias.copy_(bias.flatten())
@@ -267,7 +273,9 @@ class VAE(pl.LightningModule):
         """Means over images (and over DDP processes: one all-reduce) of the summed
         terms, the ELBO and bits/dim from them, and the sampled sigma statistics
         averaged over processes."""
-        packed = torch.cat([sums, sums.new_tensor([images]), *(v.detach().float().reshape(1) for v in sampled.values())])
+        packed = torch.cat(
+            [sums, sums.new_tensor([images]), *(v.detach().float().reshape(1) for v in sampled.values())]
+        )
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
             packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
