@@ -3,6 +3,7 @@ every extra, has its version in constraints.txt (the Makefile installs through i
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -100,3 +101,48 @@ def test_a_launcher_config_of_a_missing_extra_says_what_to_install(monkeypatch):
         "hydra/launcher=slurm needs hydra-submitit-launcher, which the core install leaves out: "
         "pip install 'vaelab[slurm]'"
     )
+
+
+def test_the_tensorboard_logger_without_its_extra_says_what_to_install(tmp_path):
+    """TensorBoard hidden from the interpreter (as in a core install): logger=tensorboard ends with one line."""
+    import subprocess
+
+    from conftest import script
+
+    blocker = tmp_path / "no_tensorboard"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoTensorBoard:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorboard', 'tensorboardX'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoTensorBoard())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(blocker), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [script("vaelab-train"), "logger=tensorboard", "debug=short", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: logger=tensorboard needs tensorboard, which the core install leaves out: pip install 'vaelab[tensorboard]'"
+    )
+    assert not (tmp_path / "logs" / "train" / "runs").exists() or not any(
+        (tmp_path / "logs" / "train" / "runs").iterdir()
+    )
+
+
+def test_lightnings_own_message_for_a_missing_tensorboard_names_the_extra_too():
+    """In a core install Lightning finds neither tensorboard nor tensorboardX and raises its own error."""
+    from vaelab import errors
+
+    error = ModuleNotFoundError("Neither `tensorboard` nor `tensorboardX` is available. Try `pip install`ing either.")
+    assert errors.one_line(error).endswith("pip install 'vaelab[tensorboard]'")
+    assert (
+        errors.one_line(ModuleNotFoundError("No module named 'scipy'", name="scipy")) is None
+    )  # not an extra's: a bug

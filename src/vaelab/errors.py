@@ -89,6 +89,28 @@ EXTRA_CONFIGS = {
 }
 
 
+#: modules only an extra installs: (extra, what needs it)
+EXTRA_MODULES = {
+    "tensorboard": ("tensorboard", "logger=tensorboard"),
+    "optuna": ("optuna", "hparams_search=optuna"),
+    "submitit": ("slurm", "hydra/launcher=slurm"),
+}
+
+
+def _missing_extra_module(error: BaseException) -> str | None:
+    """An optional extra's module that is not installed (TensorBoard's, imported by
+    Lightning's logger): the extra to install, in one line."""
+    if not isinstance(error, ModuleNotFoundError):
+        return None
+    # a failed import names its module; Lightning's logger, finding neither package, names them in `...`
+    names = [error.name] if error.name else re.findall(r"`([A-Za-z_][\w.]*)`", str(error))
+    for module in (name.split(".")[0] for name in names):
+        if module in EXTRA_MODULES:
+            extra, feature = EXTRA_MODULES[module]
+            return str(MissingExtraError(extra, feature, module))
+    return None
+
+
 def _missing_extra_config(error: BaseException) -> str | None:
     """Hydra's "Could not load 'hydra/launcher/submitit_slurm'" where the plugin that provides
     that config (an extra's) is not installed: the extra to install, in one line."""
@@ -106,7 +128,7 @@ def one_line(error: BaseException) -> str | None:
     """A one-line message for a user-fixable error (Hydra's wrappers unwrapped), else None."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
-    missing_extra = _missing_extra_config(error)
+    missing_extra = _missing_extra_config(error) or _missing_extra_module(error)
     if missing_extra is not None:
         return missing_extra
     unknown = _unknown_override(error)
