@@ -175,7 +175,11 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> bool:
     if optuna_trial.PRUNED_ATTR in stored.user_attrs:
         state = TrialState.PRUNED
     else:
-        values = job_values(result, len(study.directions))
+        try:
+            values = job_values(result, len(study.directions))
+        except ConfigError:
+            study.tell(trial, state=TrialState.FAIL)  # recorded before the sweep stops over it
+            raise
         state = TrialState.FAIL if values is None else TrialState.COMPLETE
         if result.status != JobStatus.COMPLETED:
             print(f"Trial {trial.number} failed: {result._return_value!r}", flush=True)
