@@ -16,11 +16,12 @@ define install
 	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 endef
 
-.PHONY: setup setup-test notebook train lint test test-fast clean
+.PHONY: setup setup-test notebook train lint test test-fast check-lowest clean
 
-# the package and what it needs to train, evaluate, sweep and compare
+# the package and what it needs to train, evaluate, sweep (grids, locally) and compare: the core
+# install, without the extras (optuna, slurm, tensorboard, notebook: pip install -e '.[optuna]')
 setup: $(VENV)/.installed
-# ... and the tests' packages (pytest, tensorboard, nbclient to run the notebook)
+# ... and the tests' packages: every extra they exercise (Optuna, SLURM, TensorBoard), pytest, nbclient
 setup-test: $(VENV)/.installed-test
 
 # a venv with the pinned pip (Python's venv brings pip 23.2, about 45 s slower at resolving)
@@ -59,6 +60,11 @@ test: lint
 # the fast tests only
 test-fast: setup-test
 	$(BIN)/pytest $(ARGS)
+
+# the lowest versions pyproject.toml claims, in a venv of their own (VENV=/tmp/vaelab-lowest):
+# the core install trains, and the fast tests pass (bench/lowest_versions.sh; minutes, not in CI)
+check-lowest:
+	bash bench/lowest_versions.sh $(ARGS)
 
 # JupyterLab (the notebook extra, installed on first use) opening the sweep comparison
 # notebook; SWEEP=<sweep folder> chooses its sweep, ARGS="--no-browser --port=..." etc.

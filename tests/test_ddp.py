@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import read_metrics, run_folders
+from test_optuna import search_space, stored_study
 from wandb_records import read_run
 
 from vaelab.data import Digits, ImageDataModule
@@ -137,6 +138,35 @@ def test_an_optuna_sweep_trains_each_trial_with_ddp(train, tmp_path):
         values.append(-check_ddp_job(job, **{"model.beta": beta})["metrics"]["val/elbo"])
     results = yaml.safe_load((jobs[0].parent / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(min(values))
+
+
+@pytest.mark.slow
+def test_a_pruned_ddp_trial_stops_on_every_rank(train, tmp_path):
+    """Rank zero asks the pruner and broadcasts the answer: both ranks of the hopeless trial
+    stop after its first epoch (a rank that went on would hang the job's collectives)."""
+    pytest.importorskip("optuna")
+    space = search_space(
+        tmp_path,
+        "prunable",
+        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
+        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
+        base=None,
+    )
+    proc = train(
+        "-m",
+        *space,
+        *DDP,
+        *QUICK,
+        "likelihood=gaussian_fixed",
+        "hydra.sweeper.n_trials=2",
+        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.upper=20000",
+        timeout=400,
+    )
+    (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    states = {t.params["likelihood.sigma_value"]: t.state.name for t in stored_study(folder).trials}
+    assert states == {0.1: "COMPLETE", 0.001: "PRUNED"}
+    assert proc.stdout.count("pruned at epoch 0") == 1  # said once, by rank zero
 
 
 @pytest.mark.slow

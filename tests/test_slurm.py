@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import read_metrics, run_cli
 from test_data import MNIST_STEMS, CountingServer, md5, write_mnist
+from test_optuna import search_space
 
 from vaelab.exceptions import UserError
 from vaelab.slurm_requests import (
@@ -147,6 +148,42 @@ def test_a_sweep_runs_as_slurm_jobs_and_resumes(slurm_cluster, tmp_path):
     assert sweep_dir(tmp_path) == folder and len([p for p in folder.iterdir() if (p / ".hydra").is_dir()]) == 3
     again_arrays = [job for job in submitted_jobs(folder) if job != array]
     assert len(again_arrays) == 1 and jobs_left(again_arrays) == []
+
+
+@pytest.mark.slow
+def test_an_optuna_study_runs_its_trials_as_slurm_jobs_that_report_to_its_storage(slurm_cluster, tmp_path):
+    """Two trials asked at once (n_jobs=2) go to SLURM as one job array; each job reports its
+    epochs to the study's SQLite file from the node, and the pruner stops the hopeless one."""
+    optuna = pytest.importorskip("optuna")
+    space = search_space(
+        tmp_path,
+        "prunable",
+        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
+        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
+        base=None,
+    )
+    run_cli(
+        "vaelab-train",
+        "-m",
+        *space,
+        *SLURM,
+        *QUICK,
+        "likelihood=gaussian_fixed",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.upper=20000",
+        cwd=tmp_path,
+    )
+    folder = sweep_dir(tmp_path)
+    (array,) = submitted_jobs(folder)  # both trials in one job array
+    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    states = {t.params["likelihood.sigma_value"]: t.state.name for t in study.trials}
+    assert states == {0.1: "COMPLETE", 0.001: "PRUNED"}
+    assert all(t.intermediate_values for t in study.trials), "each SLURM job reported to the storage"
+    job_ids = {read_metrics(job)["slurm_job_id"] for job in folder.iterdir() if (job / ".hydra").is_dir()}
+    assert None not in job_ids and len(job_ids) == 2, "each trial ran as a SLURM job of its own"
+    assert jobs_left([array]) == []
 
 
 def served_mnist(tmp_path: Path, url: str) -> list[str]:

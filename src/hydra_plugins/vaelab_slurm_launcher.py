@@ -18,7 +18,14 @@ from typing import Any
 
 from hydra.core.utils import JobReturn
 
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+except ModuleNotFoundError as error:
+    # the slurm extra is not installed: Hydra imports this module at every start-up, which
+    # must not fail; hydra/launcher=slurm then says what to install (vaelab.errors)
+    if not str(error.name).startswith(("hydra_plugins.hydra_submitit_launcher", "submitit")):
+        raise
+    from hydra.plugins.launcher import Launcher as SlurmLauncher  # type: ignore[assignment]
 
 
 class VaelabSlurmLauncher(SlurmLauncher):

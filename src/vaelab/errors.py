@@ -26,7 +26,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vaelab import job_record
 from vaelab.config_keys import unknown_key_message
-from vaelab.exceptions import JobBusyError, NonFiniteLossError, UserError  # noqa: F401 - NonFiniteLossError re-exported
+from vaelab.exceptions import (  # noqa: F401 - NonFiniteLossError re-exported
+    JobBusyError,
+    MissingExtraError,
+    NonFiniteLossError,
+    UserError,
+)
 from vaelab.sweeps import (
     JobFolderLock,
     in_multirun,
@@ -72,10 +77,60 @@ def _unknown_override(error: BaseException) -> str | None:
     )
 
 
+#: config groups an extra's Hydra plugin registers: a config that names one without the extra says which to install
+EXTRA_CONFIGS = {
+    # config: (extra, what needs it, its package, the module that registers the config)
+    "hydra/launcher/submitit_slurm": (
+        "slurm",
+        "hydra/launcher=slurm",
+        "hydra-submitit-launcher",
+        "hydra_plugins.hydra_submitit_launcher",
+    ),
+}
+
+
+#: modules only an extra installs: (extra, what needs it)
+EXTRA_MODULES = {
+    "tensorboard": ("tensorboard", "logger=tensorboard"),
+    "optuna": ("optuna", "hparams_search=optuna"),
+    "submitit": ("slurm", "hydra/launcher=slurm"),
+}
+
+
+def _missing_extra_module(error: BaseException) -> str | None:
+    """An optional extra's module that is not installed (TensorBoard's, imported by
+    Lightning's logger): the extra to install, in one line."""
+    if not isinstance(error, ModuleNotFoundError):
+        return None
+    # a failed import names its module; Lightning's logger, finding neither package, names them in `...`
+    names = [error.name] if error.name else re.findall(r"`([A-Za-z_][\w.]*)`", str(error))
+    for module in (name.split(".")[0] for name in names):
+        if module in EXTRA_MODULES:
+            extra, feature = EXTRA_MODULES[module]
+            return str(MissingExtraError(extra, feature, module))
+    return None
+
+
+def _missing_extra_config(error: BaseException) -> str | None:
+    """Hydra's "Could not load 'hydra/launcher/submitit_slurm'" where the plugin that provides
+    that config (an extra's) is not installed: the extra to install, in one line."""
+    import importlib.util
+
+    if not isinstance(error, HydraException):
+        return None
+    for config, (extra, feature, package, module) in EXTRA_CONFIGS.items():
+        if f"'{config}'" in str(error) and importlib.util.find_spec(module) is None:
+            return str(MissingExtraError(extra, feature, package))
+    return None
+
+
 def one_line(error: BaseException) -> str | None:
     """A one-line message for a user-fixable error (Hydra's wrappers unwrapped), else None."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    missing_extra = _missing_extra_config(error) or _missing_extra_module(error)
+    if missing_extra is not None:
+        return missing_extra
     unknown = _unknown_override(error)
     if unknown is not None:
         return unknown

@@ -83,3 +83,23 @@ class ChecksumError(UserError, ValueError):
 
 class JobBusyError(UserError):
     """Another process is training this job of a sweep into the same folder."""
+
+
+class MissingExtraError(UserError):
+    """A feature whose packages are an optional extra of vaelab that is not installed."""
+
+    def __init__(self, extra: str, feature: str, module: str) -> None:
+        self.extra = extra
+        super().__init__(f"{feature} needs {module}, which the core install leaves out: pip install 'vaelab[{extra}]'")
+
+
+def require_extra(module: str, extra: str, feature: str) -> None:
+    """Import ``module`` (an optional extra's package) or raise :class:`MissingExtraError`."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.split(".")[0] != module.split(".")[0]:
+            raise  # the extra is there but something it imports is not: not the user's missing extra
+        raise MissingExtraError(extra, feature, module) from None

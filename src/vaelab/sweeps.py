@@ -93,11 +93,16 @@ def _cut(items: list[str], sep: str, limit: int) -> tuple[str, bool]:
     return text, False
 
 
+#: overrides that say how many trials a study runs, or how many at once, not which: left out
+#: of the sweep's name, so that a larger hydra.sweeper.n_trials continues the same study
+NOT_NAMING = ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs")
+
+
 def sweep_name(*, _root_: Any = None) -> str:
-    """``<swept keys>_<hash of the whole command>``: the same command, the same folder.
+    """``<swept keys>_<hash of the command>``: the same command, the same folder.
     The swept keys are the command's and the sweeper's ``params``' (whole keys, the
-    first few when they are many)."""
-    overrides = sorted(command_overrides())
+    first few when they are many); the hash is of every override but :data:`NOT_NAMING`."""
+    overrides = sorted(o for o in command_overrides() if override_key(o) not in NOT_NAMING)
     swept = swept_keys(overrides)
     swept += sorted(k for k, v in sweeper_params(_root_).items() if is_swept(f"{k}={v}") and k not in swept)
     prefix, cut = _cut(swept, "+", MAX_PREFIX)
@@ -267,9 +272,11 @@ def sweeper_optimises() -> bool:
 
 def value_for_failed_job() -> float | list[float] | None:
     """What a failed job returns to a sweeper that needs a value to go on, else None
-    (the failure is raised, and the launcher records it). The Optuna sweeper stops the
-    whole study when a trial raises, so a failed trial reports the worst value of each
-    objective instead (+inf when minimising): the study goes on and steers away from it."""
+    (the failure is raised, and the launcher records it). A failed trial of the Optuna
+    sweeper reports the worst value of each objective (+inf when minimising), which the
+    sweeper (:mod:`vaelab.optuna_sweep`) records as a failed trial: the study goes on, and
+    the launcher does not print a traceback for a trial that failed for a reason the
+    trial's folder states (``FAILED``)."""
     if not in_multirun():
         return None
     sweeper = HydraConfig.get().sweeper
