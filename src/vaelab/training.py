@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,64 +81,66 @@ def train_job(cfg: DictConfig, output_dir: Path, start: JobStart) -> dict[str, f
         record_run(output_dir, describe_job(cfg, model, datamodule))
         if checkpoint is not None:
             check_weights_fit(checkpoint, model, start.ckpt_path)
-        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        # set after construction: passed through instantiate, its _target_ keys would be built
-        model.run_config = resolved
-        use_offline_wandb_without_key(cfg)
-        trainer_overrides = {"devices": claim.devices} if claim.devices is not None and trains_on_gpu(cfg) else {}
-        trainer = build_trainer(
-            cfg, instantiate_dict(cfg.get("callbacks")), instantiate_dict(cfg.get("logger")), trainer_overrides
-        )
+        job = JobTrainer.build(cfg, model, datamodule, claim.devices)
         if checkpoint is not None and not start.resuming_interrupted_job:
-            check_training_left(checkpoint, trainer, start.ckpt_path)
+            check_training_left(checkpoint, job.trainer, start.ckpt_path)
         del checkpoint  # Lightning reads the file again when it resumes
-        if hasattr(datamodule, "per_process_batch_size"):
-            datamodule.per_process_batch_size(trainer.world_size)  # fails now, not at the first epoch
-        # what any extra DDP ranks of this job train with: this job's config, exactly
-        rank_config = {**resolved, "ckpt_path": str(start.ckpt_path) if start.ckpt_path else None}
-        rank_config["trainer"] = {**resolved["trainer"], **trainer_overrides}
-        metrics = fit_and_test(cfg, trainer, model, datamodule, start.ckpt_path, resolved, rank_config)
+        metrics = fit_and_test(cfg, job, model, datamodule, start.ckpt_path)
 
+    trainer = job.trainer
     if trainer.fast_dev_run:
         report_fast_dev_run(metrics, output_dir)
         return metrics
-    write_summary(
-        trainer,
-        metrics,
-        output_dir,
-        {
-            "threads": threads,
-            "parallel_jobs": n_jobs,
-            "devices": claim.devices,
-            "devices_held": claim.held,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "world_size": trainer.world_size,
-            "ddp_pids": ddp.rank_pids(trainer),
-            "run": describe_run(cfg, model, datamodule),
-            "latents": model.latent_report,
-        },
-    )
+    where = {"threads": threads, "parallel_jobs": n_jobs, "devices": claim.devices, "devices_held": claim.held}
+    write_summary(trainer, metrics, output_dir, {**where, **job_facts(cfg, trainer, model, datamodule)})
     record_done(output_dir)
     warn_if_collapsed(metrics, model.latent_dim)
     return metrics
 
 
-def fit_and_test(
-    cfg: DictConfig,
-    trainer: pl.Trainer,
-    model: pl.LightningModule,
-    datamodule: Any,
-    ckpt_path: Any,
-    resolved: dict[str, Any],
-    rank_config: dict[str, Any],
-) -> dict[str, Any]:
+@dataclass
+class JobTrainer:
+    """The job's Trainer, the resolved config its loggers record, and the config any
+    extra DDP ranks of this job train with (this job's, exactly, with the devices it
+    holds; :func:`fit_and_test` adds the checkpoint it resumes from)."""
+
+    trainer: pl.Trainer
+    resolved: dict[str, Any]
+    rank_config: dict[str, Any]
+
+    @classmethod
+    def build(cls, cfg: DictConfig, model: Any, datamodule: Any, devices: list[int] | None) -> JobTrainer:
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        # set after construction: passed through instantiate, its _target_ keys would be built
+        model.run_config = resolved
+        use_offline_wandb_without_key(cfg)
+        overrides = {"devices": devices} if devices is not None and trains_on_gpu(cfg) else {}
+        callbacks, loggers = instantiate_dict(cfg.get("callbacks")), instantiate_dict(cfg.get("logger"))
+        trainer = build_trainer(cfg, callbacks, loggers, overrides)
+        if hasattr(datamodule, "per_process_batch_size"):
+            datamodule.per_process_batch_size(trainer.world_size)  # fails now, not at the first epoch
+        return cls(trainer, resolved, {**resolved, "trainer": {**resolved["trainer"], **overrides}})
+
+
+def job_facts(cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any) -> dict[str, Any]:
+    """What metrics.json says about where and what the job trained."""
+    return {
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "world_size": trainer.world_size,
+        "ddp_pids": ddp.rank_pids(trainer),
+        "run": describe_run(cfg, model, datamodule),
+        "latents": model.latent_report,
+    }
+
+
+def fit_and_test(cfg: DictConfig, job: JobTrainer, model: Any, datamodule: Any, ckpt_path: Any) -> dict[str, Any]:
     """Fit (resuming from ``ckpt_path``), then test the best checkpoint; the job's W&B
     run ends with the test numbers, or as failed when anything here raises."""
-    metrics: dict[str, Any] | None = None
+    trainer, metrics = job.trainer, None
     try:
         for logger in trainer.loggers:
-            logger.log_hyperparams(resolved)
-        with ddp.job_processes(trainer, rank_config):
+            logger.log_hyperparams(job.resolved)
+        with ddp.job_processes(trainer, {**job.rank_config, "ckpt_path": str(ckpt_path) if ckpt_path else None}):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             validate_where_training_stopped(trainer, model, datamodule)
             fitted = scalar_metrics(trainer.callback_metrics)
