@@ -33,6 +33,23 @@ def run_cli(name: str, *args: str, cwd: Path, timeout: int = 600, check: bool = 
     return proc
 
 
+def without_packages(tmp_path: Path, *packages: str) -> dict[str, str]:
+    """An environment whose interpreters cannot import ``packages`` (as in a core install
+    without their extra): a sitecustomize on PYTHONPATH refuses them at import."""
+    blocker = tmp_path / ("without_" + "_".join(packages))
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"HIDDEN = {packages!r}\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in HIDDEN:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    return {**os.environ, "PYTHONPATH": str(blocker)}
+
+
 def run_folders(root: Path, task: str = "train") -> list[Path]:
     return sorted(p.parent for p in (root / "logs" / task).rglob("metrics.json"))
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import read_metrics, run_folders
-from test_optuna import search_space, stored_study
+from test_optuna import prunable_search, stored_study
 from wandb_records import read_run
 
 from vaelab.data import Digits, ImageDataModule
@@ -145,13 +145,7 @@ def test_a_pruned_ddp_trial_stops_on_every_rank(train, tmp_path):
     """Rank zero asks the pruner and broadcasts the answer: both ranks of the hopeless trial
     stop after its first epoch (a rank that went on would hang the job's collectives)."""
     pytest.importorskip("optuna")
-    space = search_space(
-        tmp_path,
-        "prunable",
-        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
-        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
-        base=None,
-    )
+    space = prunable_search(tmp_path)
     proc = train(
         "-m",
         *space,
@@ -159,8 +153,6 @@ def test_a_pruned_ddp_trial_stops_on_every_rank(train, tmp_path):
         *QUICK,
         "likelihood=gaussian_fixed",
         "hydra.sweeper.n_trials=2",
-        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "+hydra.sweeper.pruner.upper=20000",
         timeout=400,
     )
     (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import read_metrics, run_cli, script
+from conftest import read_metrics, run_cli, script, without_packages
 from test_sweeps import assert_sweep_reported
 
 from vaelab.compare import load_sweep
@@ -92,6 +92,26 @@ def search_space(tmp_path, name, params, extra="", base="optuna"):
         f"# @package _global_\ndefaults:\n{defaults}hydra:\n  sweeper:\n" + extra + "    params:\n" + lines
     )
     return [f"hparams_search={name}", f"hydra.searchpath=[file://{folder.parent}]"]
+
+
+def prunable_search(tmp_path):
+    """Overrides of a study with a hopeless trial and a pruner that stops it: a fixed sigma
+    of 0.001 makes digits' negative ELBO hundreds of thousands of nats, above the
+    ThresholdPruner's 20000 at the first epoch; sigma 0.1 stays far below it. The
+    brute-force sampler tries both values (in an order of its own; the threshold does
+    not depend on it)."""
+    space = search_space(
+        tmp_path,
+        "prunable",
+        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
+        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
+        base=None,
+    )
+    return [
+        *space,
+        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.upper=20000",
+    ]
 
 
 @pytest.mark.slow
@@ -229,21 +249,13 @@ def test_a_pruner_stops_a_hopeless_trial_and_the_study_records_it_pruned(train, 
     threshold at the first epoch; sigma 0.1 stays far below it. The brute-force sampler
     tries both values in two trials (in an order of its own; the threshold does not
     depend on it)."""
-    space = search_space(
-        tmp_path,
-        "prunable",
-        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
-        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
-        base=None,
-    )
+    space = prunable_search(tmp_path)
     proc = train(
         "-m",
         *space,
         "hydra.sweeper.n_trials=2",
         "likelihood=gaussian_fixed",
         *QUICK,
-        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "+hydra.sweeper.pruner.upper=20000",
     )
     (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     study = stored_study(folder)
@@ -264,13 +276,7 @@ def test_a_pruner_stops_a_hopeless_trial_and_the_study_records_it_pruned(train, 
 def test_trials_asked_together_run_in_parallel_workers_that_report_to_the_study(train, tmp_path):
     """n_jobs=2 with the joblib launcher: both trials are one batch of two worker processes,
     each reporting its epochs to the SQLite study (the pruner stops the hopeless one)."""
-    space = search_space(
-        tmp_path,
-        "prunable",
-        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
-        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
-        base=None,
-    )
+    space = prunable_search(tmp_path)
     proc = train(
         "-m",
         *space,
@@ -279,8 +285,6 @@ def test_trials_asked_together_run_in_parallel_workers_that_report_to_the_study(
         "hydra.sweeper.n_trials=2",
         "likelihood=gaussian_fixed",
         *QUICK,
-        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "+hydra.sweeper.pruner.upper=20000",
     )
     assert (proc.stdout + proc.stderr).count("is launching 2 jobs") == 1  # one batch of two (joblib)
     (folder,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
@@ -294,17 +298,7 @@ def test_trials_asked_together_run_in_parallel_workers_that_report_to_the_study(
 
 def test_without_the_optuna_extra_a_search_says_what_to_install(tmp_path):
     """The core install has no Optuna: hparams_search=optuna ends with one line naming the extra."""
-    blocker = tmp_path / "no_optuna"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class NoOptuna:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'optuna' or name.startswith('optuna.'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, NoOptuna())\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    env = without_packages(tmp_path, "optuna")
     proc = subprocess.run(
         [script("vaelab-train"), "-m", "hparams_search=optuna", "debug=fast"],
         cwd=tmp_path,

@@ -3,7 +3,6 @@ every extra, has its version in constraints.txt (the Makefile installs through i
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -107,19 +106,9 @@ def test_the_tensorboard_logger_without_its_extra_says_what_to_install(tmp_path)
     """TensorBoard hidden from the interpreter (as in a core install): logger=tensorboard ends with one line."""
     import subprocess
 
-    from conftest import script
+    from conftest import script, without_packages
 
-    blocker = tmp_path / "no_tensorboard"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class NoTensorBoard:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('tensorboard', 'tensorboardX'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, NoTensorBoard())\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(blocker), "WANDB_MODE": "offline"}
+    env = {**without_packages(tmp_path, "tensorboard", "tensorboardX"), "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [script("vaelab-train"), "logger=tensorboard", "debug=short", "trainer.enable_progress_bar=false"],
         cwd=tmp_path,

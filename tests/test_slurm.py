@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import read_metrics, run_cli
 from test_data import MNIST_STEMS, CountingServer, md5, write_mnist
-from test_optuna import search_space
+from test_optuna import prunable_search
 
 from vaelab.exceptions import UserError
 from vaelab.slurm_requests import (
@@ -155,13 +155,7 @@ def test_an_optuna_study_runs_its_trials_as_slurm_jobs_that_report_to_its_storag
     """Two trials asked at once (n_jobs=2) go to SLURM as one job array; each job reports its
     epochs to the study's SQLite file from the node, and the pruner stops the hopeless one."""
     optuna = pytest.importorskip("optuna")
-    space = search_space(
-        tmp_path,
-        "prunable",
-        {"likelihood.sigma_value": "choice(0.1, 0.001)"},
-        extra="    sampler:\n      _target_: optuna.samplers.BruteForceSampler\n      seed: 0\n",
-        base=None,
-    )
+    space = prunable_search(tmp_path)
     run_cli(
         "vaelab-train",
         "-m",
@@ -171,8 +165,6 @@ def test_an_optuna_study_runs_its_trials_as_slurm_jobs_that_report_to_its_storag
         "likelihood=gaussian_fixed",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=2",
-        "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "+hydra.sweeper.pruner.upper=20000",
         cwd=tmp_path,
     )
     folder = sweep_dir(tmp_path)
