@@ -31,6 +31,20 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
+def _decoder_legend(fig: Any, axes: Any, max_columns: int) -> None:
+    """One legend of the decoders below the figure, each label once across its panels."""
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(max_columns, len(handles)),
+        title="decoder",
+        fontsize=8,
+        title_fontsize=9,
+    )
+
+
 def _save(fig: Any, path: str | Path | None, dpi: int = 110) -> None:
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -147,16 +161,7 @@ def plot_rate_distortion(records: Sequence[dict[str, Any]], path: str | Path | N
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.08, y=0.08)
     fig.suptitle("Rate–distortion on the test set" + ("; points labelled with training β" if len(panels) > 1 else ""))
-    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncols=min(2, len(handles)),
-        title="decoder",
-        fontsize=8,
-        title_fontsize=9,
-    )
+    _decoder_legend(fig, axes, max_columns=2)
     _save(fig, path)
     return fig
 
@@ -249,16 +254,7 @@ def plot_elbo_nll_vs_beta(records: Sequence[dict[str, Any]], path: str | Path | 
             ax.grid(True, alpha=0.3)
         if any(r.get("nll_source") == "-test/elbo" for r in members_of_group):
             right.set_title(prefix + "NLL against training β (−ELBO where no IW estimate)", fontsize=10)
-    handles = {label: h for ax in rows.flat for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncols=min(3, len(handles)),
-        title="decoder",
-        fontsize=8,
-        title_fontsize=9,
-    )
+    _decoder_legend(fig, rows.flat, max_columns=3)
     fig.suptitle(f"Test ELBO and NLL across β ({_count(done)})")
     _save(fig, path)
     return fig
