@@ -170,6 +170,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> bool:
     """Tell the study how the trial's job ended (see the module docstring) and say so.
     False when the sampler has nothing left to propose (a grid or brute-force sampler
     that has tried every combination stops the study)."""
+    # the storage, not trial.user_attrs: that is a copy cached when the trial was asked,
+    # before the job (another process) marked it pruned
     stored = study._storage.get_trial(trial._trial_id)
     values = None
     if optuna_trial.PRUNED_ATTR in stored.user_attrs:
