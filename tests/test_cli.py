@@ -164,6 +164,8 @@ def test_csv_tensorboard_and_wandb_offline_together(train, tmp_path):
     assert [noise for noise in CONSOLE_NOISE if noise in output] == [], output
     assert "W&B: no API key found" in output or "WANDB_API_KEY" in os.environ
     assert "Total params" in output  # the model summary is still there, without its FLOPs
+    # each of Lightning's messages once, though Lightning is imported after Hydra set up logging
+    assert output.count("`Trainer.fit` stopped") == 1 and output.count("Restoring states from the checkpoint") == 1
     (run_dir,) = run_folders(tmp_path)
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -42,8 +42,27 @@ class _DropInfo(logging.Filter):
 _tip_filter = _DropInfo()
 
 
+def lightning_prints_once() -> None:
+    """Lightning's own console handlers, whatever logging is set up before it is imported.
+
+    Imported before any logging set-up, Lightning gives ``lightning.pytorch`` and
+    ``lightning.fabric`` a plain handler of their own and stops their messages there.
+    Imported after Hydra has configured the root logger (vaelab-train imports it only
+    once the config has composed), it lets them propagate instead, and each message
+    ("`Trainer.fit` stopped", "Restoring states ...") came out twice: through the
+    ``lightning`` package's handler and again through Hydra's. This sets up what
+    Lightning does when it comes first, by logger name, before Lightning is imported."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.StreamHandler())
+        logger.propagate = False
+
+
 def quiet_library_noise() -> None:
-    """Install the filters above (idempotent: each is added once)."""
+    """Install the filters above (idempotent: each is added once), and keep each of
+    Lightning's messages to one line (:func:`lightning_prints_once`)."""
+    lightning_prints_once()
     if "SLURM_JOB_ID" not in os.environ:
         warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     warnings.filterwarnings(
