@@ -58,6 +58,15 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache_dir(tmp_path_factory):
+    """One cache of the FID's classifiers for the whole session (paths.cache_dir), so
+    that each data set's classifier is trained once, not in every test's folder."""
+    if "VAELAB_CACHE_DIR" not in os.environ:
+        os.environ["VAELAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("vaelab-cache"))
+    return Path(os.environ["VAELAB_CACHE_DIR"])
+
+
 @pytest.fixture
 def train(tmp_path):
     """``train(*overrides)`` runs vaelab-train in tmp_path and returns the CompletedProcess."""

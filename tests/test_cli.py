@@ -57,6 +57,11 @@ def test_default_main_job(train, tmp_path):
         "init_output_bias": False,
     }
     assert len(summary["latents"]["kl_per_dim"]) == 16 and metrics["test/active_units"] >= 8
+    # sample quality: a classifier of digits' own (cached for the session), and trained
+    # means that are blurrier than the data, reconstructions less so than samples
+    assert metrics["test/fid_classifier_accuracy"] > 0.9
+    assert 0 < metrics["test/fid_recon"] < metrics["test/fid_samples"]
+    assert 0 < metrics["test/sharpness_samples"] < 1 and 0 < metrics["test/sharpness_recon"] < 1
     assert (run_dir / "images" / "latents.png").stat().st_size > 1000
     assert "Posterior collapse" not in proc.stdout + proc.stderr
 
@@ -107,6 +112,11 @@ def test_train_then_eval_from_checkpoint(train, tmp_path):
     state = torch.load(ckpt, weights_only=False)["state_dict"]
     sigma = float(soft_floor(0.5 * state["likelihood.train_mse"].log(), -6.0).exp())
     assert metrics["test/sigma_mean"] == pytest.approx(sigma, rel=0.03)
+    # sample quality as the training's test measured it, with the classifier it cached
+    trained = read_metrics(run_dir)["metrics"]
+    assert metrics["test/fid_classifier_accuracy"] == trained["test/fid_classifier_accuracy"]
+    assert metrics["test/fid_samples"] > 0 and metrics["test/sharpness_recon"] > 0
+    assert "FID (own classifier) samples" in proc.stdout
 
 
 def test_resume_from_last_checkpoint(train, tmp_path):

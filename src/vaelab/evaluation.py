@@ -54,6 +54,20 @@ def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def quality_line(metrics: dict[str, float]) -> str:
+    """``, FID (own classifier) samples 12.3 / recon 4.5, sharpness ...`` where measured."""
+    parts = []
+    if "test/fid_samples" in metrics:
+        parts.append(
+            f"FID (own classifier) samples {metrics['test/fid_samples']:.2f} / recon {metrics['test/fid_recon']:.2f}"
+        )
+    if "test/sharpness_samples" in metrics:
+        parts.append(
+            f"sharpness samples {metrics['test/sharpness_samples']:.3f} / recon {metrics['test/sharpness_recon']:.3f}"
+        )
+    return "".join(f", {part}" for part in parts)
+
+
 def newest_checkpoint(log_dir: Path) -> Path | None:
     """The most recently written best checkpoint of any training run under ``log_dir``."""
     found = [
@@ -97,7 +111,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_weights_fit(checkpoint, model, cfg.ckpt_path)
     model.load_state_dict(checkpoint["state_dict"])
 
-    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False)
+    callbacks = [instantiate(cfg.sample_quality)] if cfg.get("sample_quality") else []
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False, callbacks=callbacks
+    )
     started = time.perf_counter()
     if cfg.split == "test":
         trainer.test(model, datamodule=datamodule, verbose=False)
@@ -119,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = result["metrics"]
     print(
         f"test ELBO {metrics['test/elbo']:.3f} nats, IW NLL (K={cfg.iw_samples}) {metrics['test/nll_iw']:.3f} nats, "
-        f"{metrics['test/bpd_iw']:.4f} bits/dim -> {output_file}",
+        f"{metrics['test/bpd_iw']:.4f} bits/dim{quality_line(metrics)} -> {output_file}",
         flush=True,
     )
     return result
