@@ -29,6 +29,24 @@ PLOTS = ("rate_distortion.png", "elbo_nll_vs_beta.png", "montage.png")
 
 
 # -- job folders in the formats vaelab-train writes -------------------------------------
+#: likelihood classes beyond the Gaussian and the Bernoulli, by the name their runs state
+LIKELIHOOD_CLASSES = {
+    "low_rank_gaussian": "LowRankGaussianLikelihood",
+    "discretized_logistic": "DiscretizedLogisticLikelihood",
+    "discretized_logistic_mixture": "DiscretizedLogisticMixtureLikelihood",
+    "continuous_bernoulli": "ContinuousBernoulliLikelihood",
+}
+#: what each states it scores (its data_model)
+DATA_MODELS = {
+    "gaussian": "dequantised",
+    "bernoulli": "binarised (dynamic)",
+    "low_rank_gaussian": "dequantised",
+    "discretized_logistic": "discrete",
+    "discretized_logistic_mixture": "discrete",
+    "continuous_bernoulli": "dequantised",
+}
+
+
 def composed_config(
     likelihood: str = "gaussian",
     sigma: str = "fixed",
@@ -48,8 +66,10 @@ def composed_config(
             "optimal_shape": "shared",
             "dequantize": True,
         }
-    else:
+    elif likelihood == "bernoulli":
         lik = {"_target_": "vaelab.model.likelihoods.BernoulliLikelihood", "binarize": "dynamic"}
+    else:  # the likelihoods of issue 15, by the class vaelab-train names them after
+        lik = {"_target_": f"vaelab.model.likelihoods.{LIKELIHOOD_CLASSES[likelihood]}"}
     return {
         "task_name": "train",
         "seed": seed,
@@ -161,11 +181,16 @@ def make_job(
     val_elbos: tuple[float, ...] = (-130.0, -120.0, -115.0),
     seed: int = 42,
     active_units: float | None = None,
+    data_model: str | None = None,
+    states: dict | None = None,
+    extra_metrics: dict | None = None,
 ) -> Path:
     """A sweep's job folder as vaelab-train leaves it: done, running (csv rows, its
     folder lock held), started (running, nothing logged yet), failed (its record says
     why; FAILED marker), failed_log (its record and a log ending in the traceback), or
-    interrupted (its record says running, but no process holds its folder lock)."""
+    interrupted (its record says running, but no process holds its folder lock).
+    ``data_model`` overrides what the likelihood states it scores, ``states`` adds to
+    what run.json states (a rank...), ``extra_metrics`` to metrics.json (FID...)."""
     job = sweep / name
     hydra_dir = job / ".hydra"
     hydra_dir.mkdir(parents=True)
@@ -187,7 +212,7 @@ def make_job(
         "likelihood": likelihood,
         "sigma": sigma if gaussian else None,
         "data": "digits",
-        "data_model": "dequantised" if gaussian else "binarised (dynamic)",
+        "data_model": data_model or DATA_MODELS[likelihood],
         "beta": beta,
         "seed": seed,
         "init_output_bias": False,
@@ -196,7 +221,8 @@ def make_job(
         **stated,
         "sigma_value": sigma_value if gaussian and sigma == "fixed" else None,
         "optimal_shape": "shared" if gaussian and sigma == "optimal" else None,
-        "binarize": None if gaussian else "dynamic",
+        "binarize": "dynamic" if likelihood == "bernoulli" else None,
+        **(states or {}),
     }
     if status in ("running", "started"):
         hold_folder_lock(job)
@@ -218,6 +244,7 @@ def make_job(
             metrics |= {"test/beta_eff": beta_eff, "test/sigma_mean": sigma_mean, "val/beta_eff": beta_eff}
         if active_units is not None:
             metrics["test/active_units"] = active_units
+        metrics |= extra_metrics or {}
         summary = {
             "metrics": metrics,
             "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"),
@@ -537,7 +564,7 @@ def test_a_failed_jobs_message_comes_from_its_record(sweep):
     assert (
         record["likelihood"] == "gaussian"
         and record["sigma"] == "fixed 0.1"
-        and record["comparable"] == "digits, dequantised"
+        and record["comparable"] == "digits, integer pixel values"
     )
 
 
@@ -825,9 +852,127 @@ def test_ranks_stay_within_one_data_set_and_data_model(sweep):
     bernoulli = next(r for r in table.rows if r["likelihood"] == "bernoulli")
     assert [r["rank"] for r in gaussian] == [1, 2, 3, 4] and bernoulli["rank"] == 1
     assert table.rows[-1] is bernoulli  # the larger group first
-    assert {r["comparable"] for r in table.rows} == {"digits, dequantised", "digits, binarised (dynamic)"}
+    assert {r["comparable"] for r in table.rows} == {"digits, integer pixel values", "digits, binarised (dynamic)"}
     text = table.markdown()
     assert "compare only within one `compared as` group" in text and "| compared as |" in text
+
+
+def test_likelihoods_are_named_alike_in_run_records_and_from_configs(tmp_path):
+    """vaelab-train names the likelihood of a run from its class, vaelab-compare the
+    likelihood of a job that states none from its config's _target_: one spelling."""
+    for name, cls in {
+        "gaussian": "GaussianLikelihood",
+        "bernoulli": "BernoulliLikelihood",
+        **LIKELIHOOD_CLASSES,
+    }.items():
+        assert job_record.likelihood_name(cls) == name
+        job = make_job(tmp_path / "old", name, [f"likelihood={name}"], likelihood=name)
+        (job / job_record.NAME).unlink()
+        (job / "metrics.json").write_text(json.dumps({"metrics": {"test/elbo": -80.0}}))  # no "run": an older vaelab
+        assert compare.load_job(job)["likelihood"] == name
+
+
+def test_describe_job_states_a_rank_and_components_only_where_the_likelihood_has_them():
+    from types import SimpleNamespace
+
+    from vaelab.run_record import describe_job
+
+    class LowRankGaussianLikelihood:
+        sigma_mode = None
+        rank = 8
+
+        def data_model(self):
+            return "dequantised"
+
+    class DiscretizedLogisticMixtureLikelihood:
+        num_components = 5
+
+        def data_model(self):
+            return "discrete"
+
+    class GaussianLikelihood:
+        sigma_mode = "learned_shared"
+
+        def data_model(self):
+            return "dequantised"
+
+    cfg = OmegaConf.create({"seed": 3, "likelihood": {}})
+    data = SimpleNamespace(source=SimpleNamespace(name="mnist"))
+    runs = {}
+    for likelihood in (LowRankGaussianLikelihood(), DiscretizedLogisticMixtureLikelihood(), GaussianLikelihood()):
+        model = SimpleNamespace(likelihood=likelihood, beta=1.0, init_output_bias=False)
+        run = describe_job(cfg, model, data)
+        runs[run["likelihood"]] = run
+    assert set(runs) == {"low_rank_gaussian", "discretized_logistic_mixture", "gaussian"}
+    assert runs["low_rank_gaussian"]["rank"] == 8 and "components" not in runs["low_rank_gaussian"]
+    assert (
+        runs["discretized_logistic_mixture"]["components"] == 5 and "rank" not in runs["discretized_logistic_mixture"]
+    )
+    assert "rank" not in runs["gaussian"] and "components" not in runs["gaussian"]
+    assert runs["discretized_logistic_mixture"]["data_model"] == "discrete" and runs["gaussian"]["data"] == "mnist"
+    # and the legends vaelab-compare makes of them
+    labels = {name: compare.decoder_label(name, compare.sigma_label(run), run) for name, run in runs.items()}
+    assert labels == {
+        "low_rank_gaussian": "Gaussian, low rank (rank 8)",
+        "discretized_logistic_mixture": "discretised logistic mixture (5 components)",
+        "gaussian": "Gaussian, sigma learned_shared",
+    }
+
+
+def test_decoder_labels_of_every_likelihood(tmp_path):
+    root = tmp_path / "decoders"
+    make_job(root, "g", ["likelihood=gaussian"])
+    make_job(root, "b", ["likelihood=bernoulli"], likelihood="bernoulli")
+    make_job(root, "lr", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian", states={"rank": 4})
+    make_job(root, "lr_plain", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian")
+    make_job(root, "dl", ["likelihood=discretized_logistic"], likelihood="discretized_logistic")
+    make_job(
+        root,
+        "dlm",
+        ["likelihood=discretized_logistic_mixture"],
+        likelihood="discretized_logistic_mixture",
+        states={"components": 1},
+    )
+    make_job(root, "cb", ["likelihood=continuous_bernoulli"], likelihood="continuous_bernoulli")
+    decoders = {r["job"]: r["decoder"] for r in compare.load_sweep(root)}
+    assert decoders == {
+        "g": "Gaussian, sigma fixed 0.1",
+        "b": "Bernoulli, binarize=dynamic",
+        "lr": "Gaussian, low rank (rank 4)",
+        "lr_plain": "Gaussian, low rank",
+        "dl": "discretised logistic",
+        "dlm": "discretised logistic mixture (1 component)",
+        "cb": "continuous Bernoulli",
+    }
+    assert compare.decoder_label("my_own_thing", "", {}) == "my own thing"
+
+
+def test_a_probability_mass_and_dequantised_densities_of_the_same_integers_rank_together(tmp_path):
+    """The discretised logistic's bits/dim (a mass of the integer pixel values) and a
+    dequantised Gaussian's, low-rank Gaussian's or continuous Bernoulli's (a bound on
+    those of a mass) are of the same data; binarised or undequantised data are not."""
+    root = tmp_path / "groups"
+    make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0)
+    make_job(root, "lowrank", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian", nll=100.0)
+    make_job(root, "cb", ["likelihood=continuous_bernoulli"], likelihood="continuous_bernoulli", nll=110.0)
+    make_job(root, "logistic", ["likelihood=discretized_logistic"], likelihood="discretized_logistic", nll=90.0)
+    make_job(root, "raw", ["likelihood=gaussian", "likelihood.dequantize=false"], data_model="not dequantised", nll=5.0)
+    make_job(root, "bern", ["likelihood=bernoulli"], likelihood="bernoulli", nll=30.0)
+    table = compare.build_table(compare.load_sweep(root))
+    rows = {r["job"]: r for r in table.rows}
+    assert {r["comparable"] for r in table.rows} == {
+        "digits, integer pixel values",
+        "digits, not dequantised",
+        "digits, binarised (dynamic)",
+    }
+    assert [r["job"] for r in table.rows][:4] == ["logistic", "lowrank", "cb", "gauss"]  # one group, ranked together
+    assert [rows[j]["rank"] for j in ("logistic", "lowrank", "cb", "gauss")] == [1, 2, 3, 4]
+    assert rows["raw"]["rank"] == 1 and rows["bern"]["rank"] == 1  # their own groups
+    text = table.markdown()
+    assert "In `digits, integer pixel values`, the discrete likelihoods' bits/dim" in text
+    # a group of dequantised densities alone needs no such note
+    alone = compare.build_table([r for r in compare.load_sweep(root) if r["job"] != "logistic"])
+    assert "the discrete likelihoods' bits/dim" not in alone.markdown()
 
 
 def test_collapsed_jobs_are_marked_in_the_table_and_ringed_in_the_plots(sweep, tmp_path):

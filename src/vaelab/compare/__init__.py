@@ -37,7 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelab.compare.job import FAILURE_MARKER, job_status, load_job, load_sweep, read_csv_metrics, sigma_label
+from vaelab.compare.job import (
+    COMPARED_AS,
+    FAILURE_MARKER,
+    comparable_group,
+    decoder_label,
+    job_status,
+    load_job,
+    load_sweep,
+    read_csv_metrics,
+    sigma_label,
+)
 from vaelab.compare.plots import (
     job_title,
     line_groups,
@@ -73,6 +83,7 @@ from vaelab.compare.table import (
 )
 
 __all__ = [
+    "COMPARED_AS",
     "DEFAULT_METRIC",
     "FAILURE_MARKER",
     "NESTED",
@@ -84,8 +95,10 @@ __all__ = [
     "aggregate_seeds",
     "build_settings_table",
     "build_table",
+    "comparable_group",
     "compare",
     "config_value",
+    "decoder_label",
     "find_jobs",
     "format_value",
     "group_by_setting",
