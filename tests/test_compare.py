@@ -975,6 +975,137 @@ def test_a_probability_mass_and_dequantised_densities_of_the_same_integers_rank_
     assert "the discrete likelihoods' bits/dim" not in alone.markdown()
 
 
+def quality(fid_samples: float, fid_recon: float, sharp_samples: float, sharp_recon: float, accuracy=0.97) -> dict:
+    """The sample-quality metrics vaelab-train logs at test (metrics.json's names)."""
+    return {
+        "test/fid_samples": fid_samples,
+        "test/fid_recon": fid_recon,
+        "test/sharpness_samples": sharp_samples,
+        "test/sharpness_recon": sharp_recon,
+        "test/fid_classifier_accuracy": accuracy,
+    }
+
+
+@pytest.fixture
+def quality_sweep(tmp_path) -> Path:
+    """Four decoders with sample quality logged, and an older job without it."""
+    root = tmp_path / "quality"
+    root.mkdir()
+    multirun_yaml(root, ["likelihood=gaussian,low_rank_gaussian,discretized_logistic,continuous_bernoulli,old"])
+    make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0, extra_metrics=quality(30.0, 8.0, 0.5, 0.9))
+    make_job(
+        root,
+        "lowrank",
+        ["likelihood=low_rank_gaussian"],
+        likelihood="low_rank_gaussian",
+        states={"rank": 4},
+        nll=100.0,
+        extra_metrics=quality(12.0, 3.0, 0.9, 1.3),
+    )
+    make_job(
+        root,
+        "logistic",
+        ["likelihood=discretized_logistic"],
+        likelihood="discretized_logistic",
+        nll=90.0,
+        extra_metrics=quality(20.0, 2.0, 2.5, 1.05),
+    )
+    make_job(
+        root,
+        "cb",
+        ["likelihood=continuous_bernoulli"],
+        likelihood="continuous_bernoulli",
+        nll=110.0,
+        extra_metrics=quality(45.0, 5.0, 1.05, 0.7),
+    )
+    make_job(root, "old", ["likelihood=gaussian", "model.beta=2"], beta=2.0, nll=130.0)  # logged none of them
+    return root
+
+
+def test_the_table_shows_sample_quality_beside_bits_per_dim(quality_sweep, sweep):
+    table = compare.build_table(compare.load_sweep(quality_sweep))
+    headers = [c.header for c in table.columns]
+    at = headers.index("bits/dim")
+    assert headers[at + 1 : at + 5] == [
+        "samples FID (own classifier)",
+        "recon FID (own classifier)",
+        "samples sharpness",
+        "recon sharpness",
+    ]
+    assert not any(h.startswith("FID") or " FID " in f" {h} " for h in headers if "(own classifier)" not in h)
+    rows = {r["job"]: r for r in table.rows}
+    fid = next(c for c in table.columns if c.key == "test/fid_samples")
+    assert table.cell(rows["lowrank"], fid) == "12" and table.cell(rows["old"], fid) == ""  # a blank, not a crash
+    text = table.markdown()
+    assert "FID (own classifier): Fréchet distance" in text and "test accuracy: digits 97.0%" in text
+    assert "closer to 1 is better" in text
+    # the classifier accuracy is a note, not a column of its own
+    assert "test/fid_classifier_accuracy" not in [c.key for c in table.columns]
+    # jobs that logged no quality metric: no quality column, no quality note
+    plain = compare.build_table(compare.load_sweep(sweep))
+    assert not [c for c in plain.columns if "FID" in c.header or "sharpness" in c.header]
+    assert "own classifier" not in plain.markdown() and "sharpness" not in plain.markdown()
+    # only the metrics some job logged get a column
+    only_fid = [
+        {k: v for k, v in r.items() if "sharpness" not in k and "recon" not in k}
+        for r in compare.load_sweep(quality_sweep)
+    ]
+    keys = [c.key for c in compare.build_table(only_fid).columns]
+    assert "test/fid_samples" in keys and not [k for k in keys if "sharpness" in k or k == "test/fid_recon"]
+
+
+def test_fid_sorts_lowest_first_and_sharpness_closest_to_one_first(quality_sweep, capsys):
+    records = compare.load_sweep(quality_sweep)
+    by = {m: [r["job"] for r in compare.build_table(records, metric=m).rows] for m in compare.quality.QUALITY_METRICS}
+    assert by["test/fid_samples"] == ["lowrank", "logistic", "gauss", "cb", "old"]  # the job without it last
+    assert by["test/fid_recon"] == ["logistic", "lowrank", "cb", "gauss", "old"]  # a recon metric, yet lowest first
+    # |log sharpness|: 1.05 -> 0.05, 0.9 -> 0.11, 0.5 -> 0.69, 2.5 -> 0.92
+    assert by["test/sharpness_samples"] == ["cb", "lowrank", "gauss", "logistic", "old"]
+    # 1.05 -> 0.05, 1.3 -> 0.26, 0.7 -> 0.36, 0.9 -> 0.11
+    assert by["test/sharpness_recon"] == ["logistic", "gauss", "lowrank", "cb", "old"]
+    assert [compare.direction(m) for m in ("test/fid_recon", "test/sharpness_samples", "test/recon", "test/kl")] == [
+        "lower is better",
+        "closer to 1 is better",
+        "higher is better",
+        "lower is better",
+    ]
+    assert compare.main([str(quality_sweep), "--metric", "test/sharpness_samples"]) == 0
+    out = capsys.readouterr().out
+    assert "Ranked by test/sharpness_samples, closer to 1 is better (sorted by |log sharpness|)" in out
+    assert compare.main([str(quality_sweep), "--metric", "test/fid_samples"]) == 0
+    assert "Ranked by test/fid_samples, FID (own classifier), lower is better" in capsys.readouterr().out
+
+
+def test_seeds_give_sample_quality_a_mean_and_spread(tmp_path):
+    root = tmp_path / "seeded_quality"
+    root.mkdir()
+    multirun_yaml(root, ["likelihood=gaussian,discretized_logistic", "seed=1,2"])
+    for likelihood, fids in (("gaussian", (30.0, 34.0)), ("discretized_logistic", (10.0, 12.0))):
+        for seed, fid in zip((1, 2), fids):
+            make_job(
+                root,
+                f"{likelihood},seed={seed}",
+                [f"likelihood={likelihood}", f"seed={seed}"],
+                likelihood=likelihood,
+                seed=seed,
+                extra_metrics=quality(fid, fid / 4, 0.5 + seed / 10, 0.9, accuracy=0.97 + seed / 100),
+            )
+    records = compare.load_sweep(root)
+    table = compare.build_settings_table(records, metric="test/fid_samples")
+    rows = {r["likelihood"]: r for r in table.rows}
+    assert [r["likelihood"] for r in table.rows] == ["discretized_logistic", "gaussian"]
+    fid = next(c for c in table.columns if c.key == "test/fid_samples")
+    assert table.cell(rows["gaussian"], fid) == "32 ± 2.83" and rows["gaussian"]["rank"] == 2
+    sharp = next(c for c in table.columns if c.key == "test/sharpness_samples")
+    assert table.cell(rows["gaussian"], sharp) == "0.65 ± 0.07"
+    text = table.markdown()
+    # two classifiers of different accuracy for one data set: said, with the range
+    assert "digits 98.0-99.0%" in text and "used FID classifiers of different accuracy" in text
+    out = table.write_csv(tmp_path / "settings.csv")
+    header = next(csv.reader(out.open()))
+    assert "test/fid_samples" in header and "test/fid_samples_sd" in header
+
+
 def test_collapsed_jobs_are_marked_in_the_table_and_ringed_in_the_plots(sweep, tmp_path):
     make_job(
         sweep,

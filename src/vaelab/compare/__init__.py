@@ -13,14 +13,17 @@ seeds were swept (``-m seed=1,2,3 ...``), :func:`build_settings_table` folds the
 that differ only by seed into one row per setting (mean ± sd, and which settings are
 within noise of the best), written first in ``table.md`` and as ``settings.csv``, and
 the plots show those means with error bars. :func:`plot_rate_distortion`,
-:func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures. The notebook
+:func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures; when jobs
+logged sample quality (FID with the data set's own classifier, sharpness:
+:mod:`~vaelab.compare.quality`), the table shows it beside bits/dim. The notebook
 ``notebooks/compare_sweep.ipynb`` calls the same functions.
 
 The package: :mod:`~vaelab.compare.job` (one job folder -> one record: what the job
 states in its run.json and metrics.json), :mod:`~vaelab.compare.records` (finding jobs,
 what a sweep varied), :mod:`~vaelab.compare.seeds`
-(settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`, and
-this module (the command line).
+(settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`,
+:mod:`~vaelab.compare.quality` (the sample-quality metrics), and this module (the
+command line).
 
 Works on a sweep that is still running or partly failed: missing files leave blanks
 (job status: :mod:`vaelab.compare.job`).
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaelab.compare import quality
 from vaelab.compare.job import (
     COMPARED_AS,
     FAILURE_MARKER,
@@ -76,6 +80,7 @@ from vaelab.compare.table import (
     Table,
     build_settings_table,
     build_table,
+    direction,
     higher_is_better,
     metric_value,
     rank_within_groups,
@@ -99,6 +104,7 @@ __all__ = [
     "compare",
     "config_value",
     "decoder_label",
+    "direction",
     "find_jobs",
     "format_value",
     "group_by_setting",
@@ -113,6 +119,7 @@ __all__ = [
     "metric_value",
     "natural_key",
     "parse_override",
+    "quality",
     "plot_elbo_nll_vs_beta",
     "plot_montage",
     "plot_rate_distortion",
@@ -196,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metric",
         default=DEFAULT_METRIC,
         help=f"metric to sort by (default {DEFAULT_METRIC}, falling back to -test/elbo); "
-        "ELBO and recon metrics sort highest first, others lowest first",
+        "ELBO and recon metrics sort highest first, sharpness (test/sharpness_samples, test/sharpness_recon) "
+        "closest to 1 first, others (FID: test/fid_samples, test/fid_recon) lowest first",
     )
     args = parser.parse_args(argv)
     try:
