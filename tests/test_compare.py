@@ -1035,7 +1035,7 @@ def test_the_table_shows_sample_quality_beside_bits_per_dim(quality_sweep, sweep
     assert not any(h.startswith("FID") or " FID " in f" {h} " for h in headers if "(own classifier)" not in h)
     rows = {r["job"]: r for r in table.rows}
     fid = next(c for c in table.columns if c.key == "test/fid_samples")
-    assert table.cell(rows["lowrank"], fid) == "12" and table.cell(rows["old"], fid) == ""  # a blank, not a crash
+    assert table.cell(rows["lowrank"], fid) == "12.00" and table.cell(rows["old"], fid) == ""  # a blank, not a crash
     text = table.markdown()
     assert "FID (own classifier): Fréchet distance" in text and "test accuracy: digits 97.0%" in text
     assert "closer to 1 is better" in text
@@ -1095,15 +1095,97 @@ def test_seeds_give_sample_quality_a_mean_and_spread(tmp_path):
     rows = {r["likelihood"]: r for r in table.rows}
     assert [r["likelihood"] for r in table.rows] == ["discretized_logistic", "gaussian"]
     fid = next(c for c in table.columns if c.key == "test/fid_samples")
-    assert table.cell(rows["gaussian"], fid) == "32 ± 2.83" and rows["gaussian"]["rank"] == 2
+    assert table.cell(rows["gaussian"], fid) == "32.00 ± 2.83" and rows["gaussian"]["rank"] == 2
     sharp = next(c for c in table.columns if c.key == "test/sharpness_samples")
-    assert table.cell(rows["gaussian"], sharp) == "0.65 ± 0.07"
+    assert table.cell(rows["gaussian"], sharp) == "0.650 ± 0.071"
     text = table.markdown()
     # two classifiers of different accuracy for one data set: said, with the range
     assert "digits 98.0-99.0%" in text and "used FID classifiers of different accuracy" in text
     out = table.write_csv(tmp_path / "settings.csv")
     header = next(csv.reader(out.open()))
     assert "test/fid_samples" in header and "test/fid_samples_sd" in header
+
+
+def plotted_points(ax) -> list[tuple[float, float]]:
+    """The (x, y) of every point of a panel's decoder lines (not the sharpness-1 guide)."""
+    lines = [line for line in ax.lines if line.get_label() != compare.quality_plot.DATA_SHARPNESS_LABEL]
+    return [(float(x), float(y)) for line in lines for x, y in zip(line.get_xdata(), line.get_ydata())]
+
+
+def test_likelihood_against_sample_quality_one_point_per_job(quality_sweep, capsys):
+    records = compare.sort_records(compare.load_sweep(quality_sweep))
+    fig = compare.plot_likelihood_vs_quality(records)
+    axes = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert len(axes) == 4  # one comparable group, four metrics logged: FID above sharpness, samples left
+    assert all(ax.get_xlabel().startswith("test bits/dim") for ax in axes)
+    assert [ax.get_ylabel() for ax in axes] == [
+        "FID (own classifier)  (lower is better)",
+        "FID (own classifier)  (lower is better)",
+        "sharpness  (1 = as sharp as the data)",
+        "sharpness  (1 = as sharp as the data)",
+    ]
+    assert [ax.get_title().partition(":")[0] for ax in axes] == ["Prior samples", "Reconstructions"] * 2
+    by_job = {r["job"]: r for r in records}
+    # four jobs logged quality, the old one did not: four points a panel, at (bits/dim, metric)
+    expected = sorted((by_job[j]["bpd"], by_job[j]["test/fid_samples"]) for j in ("gauss", "lowrank", "logistic", "cb"))
+    assert sorted(plotted_points(axes[0])) == expected
+    assert all(len(plotted_points(ax)) == 4 for ax in axes)
+    assert [line.get_label() for line in axes[2].lines].count(compare.quality_plot.DATA_SHARPNESS_LABEL) == 1
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert {"Gaussian, low rank (rank 4)", "discretised logistic", "continuous Bernoulli"} <= set(legend)
+    assert "test accuracy: digits 97.0%" in fig._suptitle.get_text()
+
+    # the command writes it beside the other figures and says where
+    assert compare.main([str(quality_sweep)]) == 0
+    out = capsys.readouterr().out
+    path = quality_sweep / "compare" / "likelihood_vs_quality.png"
+    assert str(path) in out
+    width, height = assert_image(path)
+    assert width > height  # the panels side by side
+
+
+def test_the_quality_plot_shows_only_what_was_logged_and_no_plot_without_it(quality_sweep, sweep, tmp_path):
+    # FID alone: its two panels, no sharpness panel; sharpness of samples alone: one panel
+    records = compare.sort_records(compare.load_sweep(quality_sweep))
+    fid_only = [{k: v for k, v in r.items() if "sharpness" not in k} for r in records]
+    fig = compare.plot_likelihood_vs_quality(fid_only)
+    assert [ax.get_title() for ax in fig.axes if ax.get_xlabel()] == [
+        "Prior samples: FID (own classifier)",
+        "Reconstructions: FID (own classifier)",
+    ]
+    sharp_only = [{k: v for k, v in r.items() if "fid" not in k and k != "test/sharpness_recon"} for r in records]
+    fig = compare.plot_likelihood_vs_quality(sharp_only)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["sharpness  (1 = as sharp as the data)"]
+    assert "FID" not in fig._suptitle.get_text()
+    # FID of samples and sharpness of reconstructions: a 2 x 2 grid, two panels left empty
+    diagonal = [{k: v for k, v in r.items() if k not in ("test/fid_recon", "test/sharpness_samples")} for r in records]
+    fig = compare.plot_likelihood_vs_quality(diagonal)
+    assert len(fig.axes) == 4 and [ax.get_title().partition(" (")[0] for ax in fig.axes if ax.axison] == [
+        "Prior samples: FID",
+        "Reconstructions: sharpness",
+    ]
+    # two comparable groups: a row of panels each, named by its group
+    make_job(
+        quality_sweep,
+        "bern",
+        ["likelihood=bernoulli"],
+        likelihood="bernoulli",
+        nll=30.0,
+        extra_metrics=quality(50.0, 9.0, 0.4, 0.6),
+    )
+    fig = compare.plot_likelihood_vs_quality(compare.sort_records(compare.load_sweep(quality_sweep)))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_xlabel()]
+    assert len(titles) == 8 and titles[0] == "digits, integer pixel values: Prior samples: FID (own classifier)"
+    assert titles[4] == "digits, binarised (dynamic): Prior samples: FID (own classifier)"
+    assert [len(plotted_points(ax)) for ax in fig.axes if ax.get_xlabel()] == [4] * 4 + [1] * 4
+    # no job logged sample quality: no figure, and the command neither writes nor mentions it
+    assert compare.plot_likelihood_vs_quality(compare.load_sweep(sweep)) is None
+    result = compare.compare(sweep, tmp_path / "cmp")
+    assert not (tmp_path / "cmp" / "likelihood_vs_quality.png").exists()
+    assert "likelihood_vs_quality.png" not in result.skipped and len(result.written) == 5
+    # metrics, but no finished job with bits/dim to put them against: nothing to draw
+    running = [dict(r, status="running") for r in compare.load_sweep(quality_sweep)]
+    assert compare.plot_likelihood_vs_quality(running) is None
 
 
 def test_collapsed_jobs_are_marked_in_the_table_and_ringed_in_the_plots(sweep, tmp_path):

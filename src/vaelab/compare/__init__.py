@@ -13,17 +13,19 @@ seeds were swept (``-m seed=1,2,3 ...``), :func:`build_settings_table` folds the
 that differ only by seed into one row per setting (mean ± sd, and which settings are
 within noise of the best), written first in ``table.md`` and as ``settings.csv``, and
 the plots show those means with error bars. :func:`plot_rate_distortion`,
-:func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures; when jobs
+:func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures, and when jobs
 logged sample quality (FID with the data set's own classifier, sharpness:
-:mod:`~vaelab.compare.quality`), the table shows it beside bits/dim. The notebook
-``notebooks/compare_sweep.ipynb`` calls the same functions.
+:mod:`~vaelab.compare.quality`), the table shows it beside bits/dim and
+:func:`plot_likelihood_vs_quality` puts the two against each other, one point per job
+(``likelihood_vs_quality.png``). The notebook ``notebooks/compare_sweep.ipynb`` calls
+the same functions.
 
 The package: :mod:`~vaelab.compare.job` (one job folder -> one record: what the job
 states in its run.json and metrics.json), :mod:`~vaelab.compare.records` (finding jobs,
 what a sweep varied), :mod:`~vaelab.compare.seeds`
 (settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`,
-:mod:`~vaelab.compare.quality` (the sample-quality metrics), and this module (the
-command line).
+:mod:`~vaelab.compare.quality` (the sample-quality metrics) and
+:mod:`~vaelab.compare.quality_plot`, and this module (the command line).
 
 Works on a sweep that is still running or partly failed: missing files leave blanks
 (job status: :mod:`vaelab.compare.job`).
@@ -59,6 +61,7 @@ from vaelab.compare.plots import (
     plot_montage,
     plot_rate_distortion,
 )
+from vaelab.compare.quality_plot import plot_likelihood_vs_quality
 from vaelab.compare.records import (
     NESTED,
     STATUS_ORDER,
@@ -121,6 +124,7 @@ __all__ = [
     "parse_override",
     "quality",
     "plot_elbo_nll_vs_beta",
+    "plot_likelihood_vs_quality",
     "plot_montage",
     "plot_rate_distortion",
     "rank_within_groups",
@@ -151,7 +155,9 @@ class Comparison:
 def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None = None) -> Comparison:
     """Read every job of ``sweep`` and write table.md, table.csv and (when jobs have
     finished) rate_distortion.png, elbo_nll_vs_beta.png and montage.png into ``out``
-    (default ``<sweep>/compare``)."""
+    (default ``<sweep>/compare``); likelihood_vs_quality.png too when jobs logged
+    sample quality (one point per job, seeds apart: it is neither written nor listed
+    as skipped for jobs that logged none)."""
     sweep = Path(sweep)
     records = load_sweep(sweep)
     if not records:
@@ -185,6 +191,12 @@ def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None
             skipped.append(name)
         else:
             written.append(out / name)
+    if quality.logged(records):
+        name = "likelihood_vs_quality.png"
+        if plot_likelihood_vs_quality(sort_records(records, table.metric), out / name) is None:
+            skipped.append(name)
+        else:
+            written.append(out / name)
     return Comparison(records, table, written, skipped, settings)
 
 
@@ -193,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vaelab-compare",
         description="Compare the jobs of a vaelab sweep: a table sorted by test NLL, rate-distortion and "
-        "ELBO/NLL-vs-beta plots, and a montage of samples. Writes into <sweep>/compare/ unless --out is given.",
+        "ELBO/NLL-vs-beta plots, a montage of samples, and where jobs logged sample quality (FID with the data "
+        "set's own classifier, sharpness) a plot of bits/dim against it. Writes into <sweep>/compare/ unless --out "
+        "is given.",
     )
     parser.add_argument(
         "sweep", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of job folders"

@@ -102,7 +102,7 @@ def notes(records: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{FID_LABEL}: Fréchet distance of the features of a small classifier trained on the data set's own "
             "training split, not Inception's, between 10,000 prior samples (decoder means) or the reconstructions "
-            "and the test images; lower is better, and it compares with no published FID"
+            "and the test images; lower is better, and not comparable with published (Inception) FIDs"
             + (f". The classifier's test accuracy: {accuracy}" if accuracy else "")
             + "."
         )

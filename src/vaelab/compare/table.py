@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaelab.compare import quality
+import vaelab.compare.quality as quality
 from vaelab.compare.records import NESTED, STATUS_ORDER, _float, natural_key, setting, swept_keys
 from vaelab.compare.seeds import NOISE_STANDARD_ERRORS, SEED_KEY, aggregate_seeds, within_noise
 
@@ -344,7 +344,7 @@ def shown_by_columns(records: Sequence[dict[str, Any]], key: str, columns: Seque
 def _quality_columns(records: Sequence[dict[str, Any]], per: str) -> list[Column]:
     """A column for each sample-quality metric some job logged (none when none did)."""
     return [
-        Column(m, quality.LABELS[m], "{:.2f}" if quality.is_sharpness(m) else "{:.3g}", per == "settings")
+        Column(m, quality.LABELS[m], "{:.3f}" if quality.is_sharpness(m) else "{:.2f}", per == "settings")
         for m in quality.logged(records)
     ]
 
