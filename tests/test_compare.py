@@ -29,6 +29,24 @@ PLOTS = ("rate_distortion.png", "elbo_nll_vs_beta.png", "montage.png")
 
 
 # -- job folders in the formats vaelab-train writes -------------------------------------
+#: likelihood classes beyond the Gaussian and the Bernoulli, by the name their runs state
+LIKELIHOOD_CLASSES = {
+    "low_rank_gaussian": "LowRankGaussianLikelihood",
+    "discretized_logistic": "DiscretizedLogisticLikelihood",
+    "discretized_logistic_mixture": "DiscretizedLogisticMixtureLikelihood",
+    "continuous_bernoulli": "ContinuousBernoulliLikelihood",
+}
+#: what each states it scores (its data_model)
+DATA_MODELS = {
+    "gaussian": "dequantised",
+    "bernoulli": "binarised (dynamic)",
+    "low_rank_gaussian": "dequantised",
+    "discretized_logistic": "discrete",
+    "discretized_logistic_mixture": "discrete",
+    "continuous_bernoulli": "dequantised",
+}
+
+
 def composed_config(
     likelihood: str = "gaussian",
     sigma: str = "fixed",
@@ -48,8 +66,10 @@ def composed_config(
             "optimal_shape": "shared",
             "dequantize": True,
         }
-    else:
+    elif likelihood == "bernoulli":
         lik = {"_target_": "vaelab.model.likelihoods.BernoulliLikelihood", "binarize": "dynamic"}
+    else:  # the likelihoods of issue 15, by the class vaelab-train names them after
+        lik = {"_target_": f"vaelab.model.likelihoods.{LIKELIHOOD_CLASSES[likelihood]}"}
     return {
         "task_name": "train",
         "seed": seed,
@@ -161,11 +181,16 @@ def make_job(
     val_elbos: tuple[float, ...] = (-130.0, -120.0, -115.0),
     seed: int = 42,
     active_units: float | None = None,
+    data_model: str | None = None,
+    states: dict | None = None,
+    extra_metrics: dict | None = None,
 ) -> Path:
     """A sweep's job folder as vaelab-train leaves it: done, running (csv rows, its
     folder lock held), started (running, nothing logged yet), failed (its record says
     why; FAILED marker), failed_log (its record and a log ending in the traceback), or
-    interrupted (its record says running, but no process holds its folder lock)."""
+    interrupted (its record says running, but no process holds its folder lock).
+    ``data_model`` overrides what the likelihood states it scores, ``states`` adds to
+    what run.json states (a rank...), ``extra_metrics`` to metrics.json (FID...)."""
     job = sweep / name
     hydra_dir = job / ".hydra"
     hydra_dir.mkdir(parents=True)
@@ -187,7 +212,7 @@ def make_job(
         "likelihood": likelihood,
         "sigma": sigma if gaussian else None,
         "data": "digits",
-        "data_model": "dequantised" if gaussian else "binarised (dynamic)",
+        "data_model": data_model or DATA_MODELS[likelihood],
         "beta": beta,
         "seed": seed,
         "init_output_bias": False,
@@ -196,7 +221,8 @@ def make_job(
         **stated,
         "sigma_value": sigma_value if gaussian and sigma == "fixed" else None,
         "optimal_shape": "shared" if gaussian and sigma == "optimal" else None,
-        "binarize": None if gaussian else "dynamic",
+        "binarize": "dynamic" if likelihood == "bernoulli" else None,
+        **(states or {}),
     }
     if status in ("running", "started"):
         hold_folder_lock(job)
@@ -218,6 +244,7 @@ def make_job(
             metrics |= {"test/beta_eff": beta_eff, "test/sigma_mean": sigma_mean, "val/beta_eff": beta_eff}
         if active_units is not None:
             metrics["test/active_units"] = active_units
+        metrics |= extra_metrics or {}
         summary = {
             "metrics": metrics,
             "best_checkpoint": str(job / "checkpoints" / "best_epoch002.ckpt"),
@@ -537,7 +564,7 @@ def test_a_failed_jobs_message_comes_from_its_record(sweep):
     assert (
         record["likelihood"] == "gaussian"
         and record["sigma"] == "fixed 0.1"
-        and record["comparable"] == "digits, dequantised"
+        and record["comparable"] == "digits, integer pixel values"
     )
 
 
@@ -825,9 +852,340 @@ def test_ranks_stay_within_one_data_set_and_data_model(sweep):
     bernoulli = next(r for r in table.rows if r["likelihood"] == "bernoulli")
     assert [r["rank"] for r in gaussian] == [1, 2, 3, 4] and bernoulli["rank"] == 1
     assert table.rows[-1] is bernoulli  # the larger group first
-    assert {r["comparable"] for r in table.rows} == {"digits, dequantised", "digits, binarised (dynamic)"}
+    assert {r["comparable"] for r in table.rows} == {"digits, integer pixel values", "digits, binarised (dynamic)"}
     text = table.markdown()
     assert "compare only within one `compared as` group" in text and "| compared as |" in text
+
+
+def test_likelihoods_are_named_alike_in_run_records_and_from_configs(tmp_path):
+    """vaelab-train names the likelihood of a run from its class, vaelab-compare the
+    likelihood of a job that states none from its config's _target_: one spelling."""
+    for name, cls in {
+        "gaussian": "GaussianLikelihood",
+        "bernoulli": "BernoulliLikelihood",
+        **LIKELIHOOD_CLASSES,
+    }.items():
+        assert job_record.likelihood_name(cls) == name
+        job = make_job(tmp_path / "old", name, [f"likelihood={name}"], likelihood=name)
+        (job / job_record.NAME).unlink()
+        (job / "metrics.json").write_text(json.dumps({"metrics": {"test/elbo": -80.0}}))  # no "run": an older vaelab
+        assert compare.load_job(job)["likelihood"] == name
+
+
+def test_describe_job_states_a_rank_and_components_only_where_the_likelihood_has_them():
+    from types import SimpleNamespace
+
+    from vaelab.run_record import describe_job
+
+    class LowRankGaussianLikelihood:
+        sigma_mode = None
+        rank = 8
+
+        def data_model(self):
+            return "dequantised"
+
+    class DiscretizedLogisticMixtureLikelihood:
+        num_components = 5
+
+        def data_model(self):
+            return "discrete"
+
+    class GaussianLikelihood:
+        sigma_mode = "learned_shared"
+
+        def data_model(self):
+            return "dequantised"
+
+    cfg = OmegaConf.create({"seed": 3, "likelihood": {}})
+    data = SimpleNamespace(source=SimpleNamespace(name="mnist"))
+    runs = {}
+    for likelihood in (LowRankGaussianLikelihood(), DiscretizedLogisticMixtureLikelihood(), GaussianLikelihood()):
+        model = SimpleNamespace(likelihood=likelihood, beta=1.0, init_output_bias=False)
+        run = describe_job(cfg, model, data)
+        runs[run["likelihood"]] = run
+    assert set(runs) == {"low_rank_gaussian", "discretized_logistic_mixture", "gaussian"}
+    assert runs["low_rank_gaussian"]["rank"] == 8 and "components" not in runs["low_rank_gaussian"]
+    assert (
+        runs["discretized_logistic_mixture"]["components"] == 5 and "rank" not in runs["discretized_logistic_mixture"]
+    )
+    assert "rank" not in runs["gaussian"] and "components" not in runs["gaussian"]
+    assert runs["discretized_logistic_mixture"]["data_model"] == "discrete" and runs["gaussian"]["data"] == "mnist"
+    # and the legends vaelab-compare makes of them
+    labels = {name: compare.decoder_label(name, compare.sigma_label(run), run) for name, run in runs.items()}
+    assert labels == {
+        "low_rank_gaussian": "Gaussian, low rank (rank 8)",
+        "discretized_logistic_mixture": "discretised logistic mixture (5 components)",
+        "gaussian": "Gaussian, sigma learned_shared",
+    }
+
+
+def test_decoder_labels_of_every_likelihood(tmp_path):
+    root = tmp_path / "decoders"
+    make_job(root, "g", ["likelihood=gaussian"])
+    make_job(root, "b", ["likelihood=bernoulli"], likelihood="bernoulli")
+    make_job(root, "lr", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian", states={"rank": 4})
+    make_job(root, "lr_plain", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian")
+    make_job(root, "dl", ["likelihood=discretized_logistic"], likelihood="discretized_logistic")
+    make_job(
+        root,
+        "dlm",
+        ["likelihood=discretized_logistic_mixture"],
+        likelihood="discretized_logistic_mixture",
+        states={"components": 1},
+    )
+    make_job(root, "cb", ["likelihood=continuous_bernoulli"], likelihood="continuous_bernoulli")
+    decoders = {r["job"]: r["decoder"] for r in compare.load_sweep(root)}
+    assert decoders == {
+        "g": "Gaussian, sigma fixed 0.1",
+        "b": "Bernoulli, binarize=dynamic",
+        "lr": "Gaussian, low rank (rank 4)",
+        "lr_plain": "Gaussian, low rank",
+        "dl": "discretised logistic",
+        "dlm": "discretised logistic mixture (1 component)",
+        "cb": "continuous Bernoulli",
+    }
+    assert compare.decoder_label("my_own_thing", "", {}) == "my own thing"
+
+
+def test_a_probability_mass_and_dequantised_densities_of_the_same_integers_rank_together(tmp_path):
+    """The discretised logistic's bits/dim (a mass of the integer pixel values) and a
+    dequantised Gaussian's, low-rank Gaussian's or continuous Bernoulli's (a bound on
+    those of a mass) are of the same data; binarised or undequantised data are not."""
+    root = tmp_path / "groups"
+    make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0)
+    make_job(root, "lowrank", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian", nll=100.0)
+    make_job(root, "cb", ["likelihood=continuous_bernoulli"], likelihood="continuous_bernoulli", nll=110.0)
+    make_job(root, "logistic", ["likelihood=discretized_logistic"], likelihood="discretized_logistic", nll=90.0)
+    make_job(root, "raw", ["likelihood=gaussian", "likelihood.dequantize=false"], data_model="not dequantised", nll=5.0)
+    make_job(root, "bern", ["likelihood=bernoulli"], likelihood="bernoulli", nll=30.0)
+    table = compare.build_table(compare.load_sweep(root))
+    rows = {r["job"]: r for r in table.rows}
+    assert {r["comparable"] for r in table.rows} == {
+        "digits, integer pixel values",
+        "digits, not dequantised",
+        "digits, binarised (dynamic)",
+    }
+    assert [r["job"] for r in table.rows][:4] == ["logistic", "lowrank", "cb", "gauss"]  # one group, ranked together
+    assert [rows[j]["rank"] for j in ("logistic", "lowrank", "cb", "gauss")] == [1, 2, 3, 4]
+    assert rows["raw"]["rank"] == 1 and rows["bern"]["rank"] == 1  # their own groups
+    text = table.markdown()
+    assert "In `digits, integer pixel values`, the discrete likelihoods' bits/dim" in text
+    # a group of dequantised densities alone needs no such note
+    alone = compare.build_table([r for r in compare.load_sweep(root) if r["job"] != "logistic"])
+    assert "the discrete likelihoods' bits/dim" not in alone.markdown()
+
+
+def quality(fid_samples: float, fid_recon: float, sharp_samples: float, sharp_recon: float, accuracy=0.97) -> dict:
+    """The sample-quality metrics vaelab-train logs at test (metrics.json's names)."""
+    return {
+        "test/fid_samples": fid_samples,
+        "test/fid_recon": fid_recon,
+        "test/sharpness_samples": sharp_samples,
+        "test/sharpness_recon": sharp_recon,
+        "test/fid_classifier_accuracy": accuracy,
+    }
+
+
+@pytest.fixture
+def quality_sweep(tmp_path) -> Path:
+    """Four decoders with sample quality logged, and an older job without it."""
+    root = tmp_path / "quality"
+    root.mkdir()
+    multirun_yaml(root, ["likelihood=gaussian,low_rank_gaussian,discretized_logistic,continuous_bernoulli,old"])
+    make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0, extra_metrics=quality(30.0, 8.0, 0.5, 0.9))
+    make_job(
+        root,
+        "lowrank",
+        ["likelihood=low_rank_gaussian"],
+        likelihood="low_rank_gaussian",
+        states={"rank": 4},
+        nll=100.0,
+        extra_metrics=quality(12.0, 3.0, 0.9, 1.3),
+    )
+    make_job(
+        root,
+        "logistic",
+        ["likelihood=discretized_logistic"],
+        likelihood="discretized_logistic",
+        nll=90.0,
+        extra_metrics=quality(20.0, 2.0, 2.5, 1.05),
+    )
+    make_job(
+        root,
+        "cb",
+        ["likelihood=continuous_bernoulli"],
+        likelihood="continuous_bernoulli",
+        nll=110.0,
+        extra_metrics=quality(45.0, 5.0, 1.05, 0.7),
+    )
+    make_job(root, "old", ["likelihood=gaussian", "model.beta=2"], beta=2.0, nll=130.0)  # logged none of them
+    return root
+
+
+def test_the_table_shows_sample_quality_beside_bits_per_dim(quality_sweep, sweep):
+    table = compare.build_table(compare.load_sweep(quality_sweep))
+    headers = [c.header for c in table.columns]
+    at = headers.index("bits/dim")
+    assert headers[at + 1 : at + 5] == [
+        "samples FID (own classifier)",
+        "recon FID (own classifier)",
+        "samples sharpness",
+        "recon sharpness",
+    ]
+    assert not any(h.startswith("FID") or " FID " in f" {h} " for h in headers if "(own classifier)" not in h)
+    rows = {r["job"]: r for r in table.rows}
+    fid = next(c for c in table.columns if c.key == "test/fid_samples")
+    assert table.cell(rows["lowrank"], fid) == "12.00" and table.cell(rows["old"], fid) == ""  # a blank, not a crash
+    text = table.markdown()
+    assert "FID (own classifier): Fréchet distance" in text and "test accuracy: digits 97.0%" in text
+    assert "closer to 1 is better" in text
+    # the classifier accuracy is a note, not a column of its own
+    assert "test/fid_classifier_accuracy" not in [c.key for c in table.columns]
+    # jobs that logged no quality metric: no quality column, no quality note
+    plain = compare.build_table(compare.load_sweep(sweep))
+    assert not [c for c in plain.columns if "FID" in c.header or "sharpness" in c.header]
+    assert "own classifier" not in plain.markdown() and "sharpness" not in plain.markdown()
+    # only the metrics some job logged get a column
+    only_fid = [
+        {k: v for k, v in r.items() if "sharpness" not in k and "recon" not in k}
+        for r in compare.load_sweep(quality_sweep)
+    ]
+    keys = [c.key for c in compare.build_table(only_fid).columns]
+    assert "test/fid_samples" in keys and not [k for k in keys if "sharpness" in k or k == "test/fid_recon"]
+
+
+def test_fid_sorts_lowest_first_and_sharpness_closest_to_one_first(quality_sweep, capsys):
+    records = compare.load_sweep(quality_sweep)
+    by = {m: [r["job"] for r in compare.build_table(records, metric=m).rows] for m in compare.quality.QUALITY_METRICS}
+    assert by["test/fid_samples"] == ["lowrank", "logistic", "gauss", "cb", "old"]  # the job without it last
+    assert by["test/fid_recon"] == ["logistic", "lowrank", "cb", "gauss", "old"]  # a recon metric, yet lowest first
+    # |log sharpness|: 1.05 -> 0.05, 0.9 -> 0.11, 0.5 -> 0.69, 2.5 -> 0.92
+    assert by["test/sharpness_samples"] == ["cb", "lowrank", "gauss", "logistic", "old"]
+    # 1.05 -> 0.05, 1.3 -> 0.26, 0.7 -> 0.36, 0.9 -> 0.11
+    assert by["test/sharpness_recon"] == ["logistic", "gauss", "lowrank", "cb", "old"]
+    assert [compare.direction(m) for m in ("test/fid_recon", "test/sharpness_samples", "test/recon", "test/kl")] == [
+        "lower is better",
+        "closer to 1 is better",
+        "higher is better",
+        "lower is better",
+    ]
+    assert compare.main([str(quality_sweep), "--metric", "test/sharpness_samples"]) == 0
+    out = capsys.readouterr().out
+    assert "Ranked by test/sharpness_samples, closer to 1 is better (sorted by |log sharpness|)" in out
+    assert compare.main([str(quality_sweep), "--metric", "test/fid_samples"]) == 0
+    assert "Ranked by test/fid_samples, FID (own classifier), lower is better" in capsys.readouterr().out
+
+
+def test_seeds_give_sample_quality_a_mean_and_spread(tmp_path):
+    root = tmp_path / "seeded_quality"
+    root.mkdir()
+    multirun_yaml(root, ["likelihood=gaussian,discretized_logistic", "seed=1,2"])
+    for likelihood, fids in (("gaussian", (30.0, 34.0)), ("discretized_logistic", (10.0, 12.0))):
+        for seed, fid in zip((1, 2), fids):
+            make_job(
+                root,
+                f"{likelihood},seed={seed}",
+                [f"likelihood={likelihood}", f"seed={seed}"],
+                likelihood=likelihood,
+                seed=seed,
+                extra_metrics=quality(fid, fid / 4, 0.5 + seed / 10, 0.9, accuracy=0.97 + seed / 100),
+            )
+    records = compare.load_sweep(root)
+    table = compare.build_settings_table(records, metric="test/fid_samples")
+    rows = {r["likelihood"]: r for r in table.rows}
+    assert [r["likelihood"] for r in table.rows] == ["discretized_logistic", "gaussian"]
+    fid = next(c for c in table.columns if c.key == "test/fid_samples")
+    assert table.cell(rows["gaussian"], fid) == "32.00 ± 2.83" and rows["gaussian"]["rank"] == 2
+    sharp = next(c for c in table.columns if c.key == "test/sharpness_samples")
+    assert table.cell(rows["gaussian"], sharp) == "0.650 ± 0.071"
+    text = table.markdown()
+    # two classifiers of different accuracy for one data set: said, with the range
+    assert "digits 98.0-99.0%" in text and "used FID classifiers of different accuracy" in text
+    out = table.write_csv(tmp_path / "settings.csv")
+    header = next(csv.reader(out.open()))
+    assert "test/fid_samples" in header and "test/fid_samples_sd" in header
+
+
+def plotted_points(ax) -> list[tuple[float, float]]:
+    """The (x, y) of every point of a panel's decoder lines (not the sharpness-1 guide)."""
+    lines = [line for line in ax.lines if line.get_label() != compare.quality_plot.DATA_SHARPNESS_LABEL]
+    return [(float(x), float(y)) for line in lines for x, y in zip(line.get_xdata(), line.get_ydata())]
+
+
+def test_likelihood_against_sample_quality_one_point_per_job(quality_sweep, capsys):
+    records = compare.sort_records(compare.load_sweep(quality_sweep))
+    fig = compare.plot_likelihood_vs_quality(records)
+    axes = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert len(axes) == 4  # one comparable group, four metrics logged: FID above sharpness, samples left
+    assert all(ax.get_xlabel().startswith("test bits/dim") for ax in axes)
+    assert [ax.get_ylabel() for ax in axes] == [
+        "FID (own classifier)  (lower is better)",
+        "FID (own classifier)  (lower is better)",
+        "sharpness  (1 = as sharp as the data)",
+        "sharpness  (1 = as sharp as the data)",
+    ]
+    assert [ax.get_title().partition(":")[0] for ax in axes] == ["Prior samples", "Reconstructions"] * 2
+    by_job = {r["job"]: r for r in records}
+    # four jobs logged quality, the old one did not: four points a panel, at (bits/dim, metric)
+    expected = sorted((by_job[j]["bpd"], by_job[j]["test/fid_samples"]) for j in ("gauss", "lowrank", "logistic", "cb"))
+    assert sorted(plotted_points(axes[0])) == expected
+    assert all(len(plotted_points(ax)) == 4 for ax in axes)
+    assert [line.get_label() for line in axes[2].lines].count(compare.quality_plot.DATA_SHARPNESS_LABEL) == 1
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert {"Gaussian, low rank (rank 4)", "discretised logistic", "continuous Bernoulli"} <= set(legend)
+    assert "test accuracy: digits 97.0%" in fig._suptitle.get_text()
+
+    # the command writes it beside the other figures and says where
+    assert compare.main([str(quality_sweep)]) == 0
+    out = capsys.readouterr().out
+    path = quality_sweep / "compare" / "likelihood_vs_quality.png"
+    assert str(path) in out
+    width, height = assert_image(path)
+    assert width > height  # the panels side by side
+
+
+def test_the_quality_plot_shows_only_what_was_logged_and_no_plot_without_it(quality_sweep, sweep, tmp_path):
+    # FID alone: its two panels, no sharpness panel; sharpness of samples alone: one panel
+    records = compare.sort_records(compare.load_sweep(quality_sweep))
+    fid_only = [{k: v for k, v in r.items() if "sharpness" not in k} for r in records]
+    fig = compare.plot_likelihood_vs_quality(fid_only)
+    assert [ax.get_title() for ax in fig.axes if ax.get_xlabel()] == [
+        "Prior samples: FID (own classifier)",
+        "Reconstructions: FID (own classifier)",
+    ]
+    sharp_only = [{k: v for k, v in r.items() if "fid" not in k and k != "test/sharpness_recon"} for r in records]
+    fig = compare.plot_likelihood_vs_quality(sharp_only)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["sharpness  (1 = as sharp as the data)"]
+    assert "FID" not in fig._suptitle.get_text()
+    # FID of samples and sharpness of reconstructions: a 2 x 2 grid, two panels left empty
+    diagonal = [{k: v for k, v in r.items() if k not in ("test/fid_recon", "test/sharpness_samples")} for r in records]
+    fig = compare.plot_likelihood_vs_quality(diagonal)
+    assert len(fig.axes) == 4 and [ax.get_title().partition(" (")[0] for ax in fig.axes if ax.axison] == [
+        "Prior samples: FID",
+        "Reconstructions: sharpness",
+    ]
+    # two comparable groups: a row of panels each, named by its group
+    make_job(
+        quality_sweep,
+        "bern",
+        ["likelihood=bernoulli"],
+        likelihood="bernoulli",
+        nll=30.0,
+        extra_metrics=quality(50.0, 9.0, 0.4, 0.6),
+    )
+    fig = compare.plot_likelihood_vs_quality(compare.sort_records(compare.load_sweep(quality_sweep)))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_xlabel()]
+    assert len(titles) == 8 and titles[0] == "digits, integer pixel values: Prior samples: FID (own classifier)"
+    assert titles[4] == "digits, binarised (dynamic): Prior samples: FID (own classifier)"
+    assert [len(plotted_points(ax)) for ax in fig.axes if ax.get_xlabel()] == [4] * 4 + [1] * 4
+    # no job logged sample quality: no figure, and the command neither writes nor mentions it
+    assert compare.plot_likelihood_vs_quality(compare.load_sweep(sweep)) is None
+    result = compare.compare(sweep, tmp_path / "cmp")
+    assert not (tmp_path / "cmp" / "likelihood_vs_quality.png").exists()
+    assert "likelihood_vs_quality.png" not in result.skipped and len(result.written) == 5
+    # metrics, but no finished job with bits/dim to put them against: nothing to draw
+    running = [dict(r, status="running") for r in compare.load_sweep(quality_sweep)]
+    assert compare.plot_likelihood_vs_quality(running) is None
 
 
 def test_collapsed_jobs_are_marked_in_the_table_and_ringed_in_the_plots(sweep, tmp_path):

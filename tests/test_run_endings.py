@@ -176,4 +176,4 @@ def test_a_single_runs_record_says_how_it_ended_and_a_refused_run_leaves_it_alon
     )
     loaded = compare.load_job(tmp_path / "diverged")
     assert loaded["status"] == "failed" and loaded["message"] == record["message"]
-    assert loaded["likelihood"] == "gaussian" and loaded["comparable"] == "digits, dequantised"
+    assert loaded["likelihood"] == "gaussian" and loaded["comparable"] == "digits, integer pixel values"

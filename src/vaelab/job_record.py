@@ -11,7 +11,8 @@ vaelab-train (rank zero) writes it into the run folder, through
   ``overrides`` (the job's Hydra overrides, as ``.hydra/overrides.yaml`` has them);
 - as soon as the model is built (:func:`state_run`): ``run``, what it trains
   (:func:`vaelab.run_record.describe_run`: likelihood, sigma, data, data model, beta,
-  seed...), so that a running or failed job states it too;
+  seed...), so that a running or failed job states it too; the likelihood by
+  :func:`likelihood_name`;
 - when ``metrics.json`` is written (:func:`finish`): ``status: done``, ``ended``;
 - when it fails (:func:`fail`, from :func:`vaelab.errors.report_user_errors`):
   ``status: failed``, ``message`` (the error in one line), ``ended``. A sweep job that
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,16 @@ RUNNING, DONE, FAILED = "running", "done", "failed"
 
 #: the record of each run folder this process started an attempt in (by resolved path)
 _attempts: dict[str, dict[str, Any]] = {}
+
+
+def likelihood_name(class_name: str) -> str:
+    """How a run names its likelihood: the class name without ``Likelihood``, in snake
+    case (``GaussianLikelihood`` -> ``gaussian``, ``LowRankGaussianLikelihood`` ->
+    ``low_rank_gaussian``). vaelab-train states it, and vaelab-compare names a job that
+    does not state it from its config's ``_target_``, so both must spell it alike."""
+    stem = class_name.rpartition(".")[2].removesuffix("Likelihood")
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", stem))
+    return words.lower()
 
 
 def _now() -> str:

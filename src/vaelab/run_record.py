@@ -40,7 +40,7 @@ def describe_run(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]
         choices = {}
     source = getattr(datamodule, "source", None)
     return {
-        "likelihood": type(likelihood).__name__.removesuffix("Likelihood").lower(),
+        "likelihood": job_record.likelihood_name(type(likelihood).__name__),
         "sigma": getattr(likelihood, "sigma_mode", None),
         "data": getattr(source, "name", None) or choices.get("data") or type(source).__name__.lower(),
         "data_model": likelihood.data_model(),
@@ -53,14 +53,18 @@ def describe_run(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]
 def describe_job(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
     """What run.json states the job trains: :func:`describe_run`, and what its
     likelihood's mode alone does not say (a fixed sigma's value, an optimal sigma's
-    shape, a Bernoulli likelihood's binarisation), for vaelab-compare's labels."""
+    shape, a Bernoulli likelihood's binarisation; a low-rank Gaussian's ``rank`` and a
+    mixture's number of ``components``, stated only by likelihoods that have them), for
+    vaelab-compare's labels."""
     likelihood = model.likelihood
     sigma = getattr(likelihood, "sigma_mode", None)
+    structure = {"rank": getattr(likelihood, "rank", None), "components": getattr(likelihood, "num_components", None)}
     return {
         **describe_run(cfg, model, datamodule),
         "sigma_value": OmegaConf.select(cfg, "likelihood.sigma_value") if sigma == "fixed" else None,
         "optimal_shape": getattr(likelihood, "optimal_shape", None) if sigma == "optimal" else None,
         "binarize": getattr(likelihood, "binarize", None),
+        **{key: int(value) for key, value in structure.items() if value is not None},
     }
 
 

@@ -13,14 +13,19 @@ seeds were swept (``-m seed=1,2,3 ...``), :func:`build_settings_table` folds the
 that differ only by seed into one row per setting (mean ± sd, and which settings are
 within noise of the best), written first in ``table.md`` and as ``settings.csv``, and
 the plots show those means with error bars. :func:`plot_rate_distortion`,
-:func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures. The notebook
-``notebooks/compare_sweep.ipynb`` calls the same functions.
+:func:`plot_elbo_nll_vs_beta` and :func:`plot_montage` draw the figures, and when jobs
+logged sample quality (FID with the data set's own classifier, sharpness:
+:mod:`~vaelab.compare.quality`), the table shows it beside bits/dim and
+:func:`plot_likelihood_vs_quality` puts the two against each other, one point per job
+(``likelihood_vs_quality.png``). The notebook ``notebooks/compare_sweep.ipynb`` calls
+the same functions.
 
 The package: :mod:`~vaelab.compare.job` (one job folder -> one record: what the job
 states in its run.json and metrics.json), :mod:`~vaelab.compare.records` (finding jobs,
 what a sweep varied), :mod:`~vaelab.compare.seeds`
-(settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`, and
-this module (the command line).
+(settings over seeds), :mod:`~vaelab.compare.table`, :mod:`~vaelab.compare.plots`,
+:mod:`~vaelab.compare.quality` (the sample-quality metrics) and
+:mod:`~vaelab.compare.quality_plot`, and this module (the command line).
 
 Works on a sweep that is still running or partly failed: missing files leave blanks
 (job status: :mod:`vaelab.compare.job`).
@@ -37,7 +42,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelab.compare.job import FAILURE_MARKER, job_status, load_job, load_sweep, read_csv_metrics, sigma_label
+from vaelab.compare import quality
+from vaelab.compare.job import (
+    COMPARED_AS,
+    FAILURE_MARKER,
+    comparable_group,
+    decoder_label,
+    job_status,
+    load_job,
+    load_sweep,
+    read_csv_metrics,
+    sigma_label,
+)
 from vaelab.compare.plots import (
     job_title,
     line_groups,
@@ -45,6 +61,7 @@ from vaelab.compare.plots import (
     plot_montage,
     plot_rate_distortion,
 )
+from vaelab.compare.quality_plot import plot_likelihood_vs_quality
 from vaelab.compare.records import (
     NESTED,
     STATUS_ORDER,
@@ -66,6 +83,7 @@ from vaelab.compare.table import (
     Table,
     build_settings_table,
     build_table,
+    direction,
     higher_is_better,
     metric_value,
     rank_within_groups,
@@ -73,6 +91,7 @@ from vaelab.compare.table import (
 )
 
 __all__ = [
+    "COMPARED_AS",
     "DEFAULT_METRIC",
     "FAILURE_MARKER",
     "NESTED",
@@ -84,8 +103,11 @@ __all__ = [
     "aggregate_seeds",
     "build_settings_table",
     "build_table",
+    "comparable_group",
     "compare",
     "config_value",
+    "decoder_label",
+    "direction",
     "find_jobs",
     "format_value",
     "group_by_setting",
@@ -100,7 +122,9 @@ __all__ = [
     "metric_value",
     "natural_key",
     "parse_override",
+    "quality",
     "plot_elbo_nll_vs_beta",
+    "plot_likelihood_vs_quality",
     "plot_montage",
     "plot_rate_distortion",
     "rank_within_groups",
@@ -131,7 +155,9 @@ class Comparison:
 def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None = None) -> Comparison:
     """Read every job of ``sweep`` and write table.md, table.csv and (when jobs have
     finished) rate_distortion.png, elbo_nll_vs_beta.png and montage.png into ``out``
-    (default ``<sweep>/compare``)."""
+    (default ``<sweep>/compare``); likelihood_vs_quality.png too when jobs logged
+    sample quality (one point per job, seeds apart: it is neither written nor listed
+    as skipped for jobs that logged none)."""
     sweep = Path(sweep)
     records = load_sweep(sweep)
     if not records:
@@ -165,6 +191,12 @@ def compare(sweep: str | Path, out: str | Path | None = None, metric: str | None
             skipped.append(name)
         else:
             written.append(out / name)
+    if quality.logged(records):
+        name = "likelihood_vs_quality.png"
+        if plot_likelihood_vs_quality(sort_records(records, table.metric), out / name) is None:
+            skipped.append(name)
+        else:
+            written.append(out / name)
     return Comparison(records, table, written, skipped, settings)
 
 
@@ -173,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vaelab-compare",
         description="Compare the jobs of a vaelab sweep: a table sorted by test NLL, rate-distortion and "
-        "ELBO/NLL-vs-beta plots, and a montage of samples. Writes into <sweep>/compare/ unless --out is given.",
+        "ELBO/NLL-vs-beta plots, a montage of samples, and where jobs logged sample quality (FID with the data "
+        "set's own classifier, sharpness) a plot of bits/dim against it. Writes into <sweep>/compare/ unless --out "
+        "is given.",
     )
     parser.add_argument(
         "sweep", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of job folders"
@@ -183,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metric",
         default=DEFAULT_METRIC,
         help=f"metric to sort by (default {DEFAULT_METRIC}, falling back to -test/elbo); "
-        "ELBO and recon metrics sort highest first, others lowest first",
+        "ELBO and recon metrics sort highest first, sharpness (test/sharpness_samples, test/sharpness_recon) "
+        "closest to 1 first, others (FID: test/fid_samples, test/fid_recon) lowest first",
     )
     args = parser.parse_args(argv)
     try:

@@ -80,20 +80,51 @@ def sigma_label(run: dict[str, Any]) -> str:
     return str(mode)
 
 
+#: how legends name a likelihood (its run's ``likelihood``); others by their name in words
+_DECODER_NAMES = {
+    "gaussian": "Gaussian",
+    "low_rank_gaussian": "Gaussian, low rank",
+    "discretized_logistic": "discretised logistic",
+    "discretized_logistic_mixture": "discretised logistic mixture",
+    "continuous_bernoulli": "continuous Bernoulli",
+}
+
+
 def decoder_label(kind: str, sigma: str, run: dict[str, Any]) -> str:
-    """The likelihood and its setting together, for plot legends."""
-    if kind == "gaussian":
-        return f"Gaussian, sigma {sigma}" if sigma else "Gaussian"
+    """The likelihood and its setting together, for plot legends: a Gaussian's sigma, a
+    Bernoulli likelihood's binarisation, and the rank or number of mixture components
+    where the run states them (two ranks are two decoders)."""
     if kind == "bernoulli":
         return f"Bernoulli, binarize={run.get('binarize')}"
-    return kind
+    label = _DECODER_NAMES.get(kind, kind.replace("_", " "))
+    if run.get("rank") is not None:
+        label += f" (rank {run['rank']})"
+    if run.get("components") is not None:
+        label += f" ({run['components']} component{'s' * (run['components'] != 1)})"
+    return f"{label}, sigma {sigma}" if sigma else label
+
+
+#: what a job's NLL is of, by the data model its likelihood states: a probability mass
+#: of the integer pixel values (the discretised logistic: ``discrete``) and a density of
+#: the same integers dequantised with uniform noise (``dequantised``: Gaussian, low-rank
+#: Gaussian, continuous Bernoulli) are one comparison, since the dequantised density's
+#: bits/dim (with the D log levels correction) bound from above the bits/dim of a mass
+#: of those integers (Theis et al., 2016); other data models (binarised, not
+#: dequantised) are of data of their own
+COMPARED_AS = {"discrete": "integer pixel values", "dequantised": "integer pixel values"}
+
+
+def comparable_group(data: str, data_model: str) -> str:
+    """The group of jobs whose NLL and bits/dim compare (``mnist, integer pixel
+    values``, ``mnist, binarised (dynamic)``): one data set, one kind of data."""
+    return f"{data}, {COMPARED_AS.get(data_model, data_model)}"
 
 
 def _likelihood_of_config(config: dict) -> str:
     """For a job that does not state its likelihood: named as vaelab-train names it
-    (``GaussianLikelihood`` -> ``gaussian``), from the class its config builds."""
-    target = str(config_value(config, "likelihood._target_") or "")
-    return target.rpartition(".")[2].removesuffix("Likelihood").lower()
+    (``GaussianLikelihood`` -> ``gaussian``, :func:`vaelab.job_record.likelihood_name`),
+    from the class its config builds."""
+    return job_record.likelihood_name(str(config_value(config, "likelihood._target_") or ""))
 
 
 def _unrecorded_status(job_dir: Path, summary: dict | None) -> tuple[str, str]:
@@ -145,11 +176,12 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
 
     ``job`` (path relative to ``sweep``), ``path``, ``sweep``, ``status``, ``message``
     (why it failed or stopped, or what could not be read), ``likelihood``
-    (``gaussian``, ``bernoulli``), ``sigma`` (sigma mode, with a fixed sigma's value;
-    empty for Bernoulli), ``decoder`` (the two together, for plot legends), ``seed``,
-    ``data`` (the data set), ``data_model`` (``dequantised``, ``binarised
-    (dynamic)``...), ``comparable`` (the two together: NLLs compare only between jobs
-    that share it), ``active_units`` and ``collapsed`` (test; None before the test),
+    (``gaussian``, ``bernoulli``, ``low_rank_gaussian``...), ``sigma`` (sigma mode,
+    with a fixed sigma's value; empty for a likelihood without one), ``decoder`` (the
+    two together, for plot legends: :func:`decoder_label`), ``seed``, ``data`` (the
+    data set), ``data_model`` (``dequantised``, ``discrete``, ``binarised
+    (dynamic)``...), ``comparable`` (:func:`comparable_group`: NLLs compare only
+    between jobs that share it), ``active_units`` and ``collapsed`` (test; None before the test),
     ``beta``, ``beta_eff`` (test, else last logged; None for Bernoulli), ``nll`` and
     ``nll_source`` (``test/nll_iw``, else ``-test/elbo``), ``bpd`` (bits/dim of that
     NLL), ``val_elbo_best``, ``epochs``, ``global_step``, ``has_samples``,
@@ -203,14 +235,13 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
         run = summary.get("run") if summary is not None and isinstance(summary.get("run"), dict) else {}
     kind = run.get("likelihood") or _likelihood_of_config(config)
     record["likelihood"] = kind
-    record["sigma"] = sigma_label(run) if kind == "gaussian" else ""
+    record["sigma"] = sigma_label(run)
     record["decoder"] = decoder_label(kind, record["sigma"], run)
     record["beta"] = _float(run["beta"] if run.get("beta") is not None else config_value(config, "model.beta"))
     record["seed"] = run.get("seed", config.get("seed"))
     record["data"] = run.get("data") or record["choices"].get("data") or ""
     record["data_model"] = run.get("data_model") or ""
-    #: runs whose NLL and bits/dim compare: one data set, one data model
-    record["comparable"] = f"{record['data']}, {record['data_model']}"
+    record["comparable"] = comparable_group(record["data"], record["data_model"])
 
     # what it measured
     last, best, csv_epochs, csv_rows = read(job_dir / "csv" / "metrics.csv", read_csv_metrics, ({}, {}, None, 0))

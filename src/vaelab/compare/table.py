@@ -1,9 +1,18 @@
 """The comparison table: one row per job, or per setting when seeds were swept.
 
-Rows are ranked *within* a comparable group, jobs of one data set and one data model:
-an NLL in nats is a density of dequantised 8-bit images for a Gaussian decoder and a
-probability mass of binarised images for a Bernoulli one, different data, so no rank
-or bits/dim crosses that line. Groups are listed one after the other.
+Rows are ranked *within* a comparable group, jobs of one data set and one kind of
+data (:data:`vaelab.compare.job.COMPARED_AS`): an NLL in nats is a probability mass of
+binarised images for a Bernoulli decoder, and of the integer pixel values for a
+discretised logistic one; a Gaussian, low-rank Gaussian or continuous Bernoulli
+decoder's is a density of those integers dequantised, whose bits/dim bound the
+integers' from above. So the discretised logistic and the dequantised densities share
+one group (``mnist, integer pixel values``: bits/dim of the same data, the density's a
+bound), while binarised and undequantised data are groups of their own, different
+data, and no rank or bits/dim crosses that line. Groups are listed one after the other.
+
+When jobs logged sample quality (:mod:`vaelab.compare.quality`: FID with a classifier
+of the data set's own, sharpness), its columns follow bits/dim, and a note gives the
+classifier's accuracy.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import vaelab.compare.quality as quality
 from vaelab.compare.records import NESTED, STATUS_ORDER, _float, natural_key, setting, swept_keys
 from vaelab.compare.seeds import NOISE_STANDARD_ERRORS, SEED_KEY, aggregate_seeds, within_noise
 
@@ -23,9 +33,28 @@ DEFAULT_METRIC = "test/nll_iw"
 _HIGHER_IS_BETTER = ("elbo", "recon", "active_units")
 
 
-def higher_is_better(metric: str) -> bool:
+def direction(metric: str) -> str:
+    """Which way ``metric`` is better: ``higher is better`` for an ELBO, a
+    reconstruction term or a count of active units, ``closer to 1 is better`` for a
+    sharpness ratio, ``lower is better`` for everything else (NLL, KL, FID...)."""
+    own = quality.direction(metric)
+    if own is not None:
+        return own
     name = metric.rpartition("/")[2]
-    return any(word in name for word in _HIGHER_IS_BETTER)
+    return quality.HIGHER if any(word in name for word in _HIGHER_IS_BETTER) else quality.LOWER
+
+
+def higher_is_better(metric: str) -> bool:
+    return direction(metric) == quality.HIGHER
+
+
+def sort_value(metric: str, value: float) -> float:
+    """What :func:`sort_records` puts first when smallest: the value, its negative when
+    higher is better, a sharpness's distance from the data's 1."""
+    way = direction(metric)
+    if way == quality.CLOSER_TO_ONE:
+        return quality.distance_from_data(value)
+    return -value if way == quality.HIGHER else value
 
 
 def metric_value(record: dict[str, Any], metric: str = DEFAULT_METRIC) -> float | None:
@@ -38,10 +67,10 @@ def metric_value(record: dict[str, Any], metric: str = DEFAULT_METRIC) -> float 
 
 def sort_records(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC) -> list[dict[str, Any]]:
     """Done jobs first, in their comparable groups (the largest group first, then in
-    the order groups appear), best ``metric`` first within a group (lower is better unless the metric is
-    an ELBO, a reconstruction term or a count of active units); then running, started
-    and failed jobs; jobs without the metric after those with it, in folder order."""
-    sign = -1.0 if higher_is_better(metric) else 1.0
+    the order groups appear), best ``metric`` first within a group (:func:`direction`:
+    lower is better unless the metric is an ELBO, a reconstruction term or a count of
+    active units; a sharpness closest to 1 first); then running, started and failed
+    jobs; jobs without the metric after those with it, in folder order."""
     records = list(records)
     sizes: dict[str, int] = {}
     for record in records:
@@ -58,7 +87,7 @@ def sort_records(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC
             status,
             group,
             missing,
-            0.0 if missing else sign * value,
+            0.0 if missing else sort_value(metric, value),
             natural_key(record.get("job", "")),
         )
 
@@ -133,10 +162,14 @@ class Table:
 
     def markdown(self, title: str | None = None, level: int = 1) -> str:
         lines = [f"{'#' * level} {title}", ""] if title else []
-        direction = "higher is better" if higher_is_better(self.metric) else "lower is better"
+        way = direction(self.metric)
+        if way == quality.CLOSER_TO_ONE:
+            way += " (sorted by |log sharpness|)"
         what = "test NLL (test/nll_iw, else -test/elbo)" if self.metric == DEFAULT_METRIC else self.metric
+        if self.metric in quality.LABELS and not quality.is_sharpness(self.metric):
+            what += f", {quality.FID_LABEL}"
         lines += [
-            f"{self.summary()}. Ranked by {what}, {direction}, within each data set and data model (the `compared as` "
+            f"{self.summary()}. Ranked by {what}, {way}, within each data set and data model (the `compared as` "
             f"column: numbers of different data do not compare); {self.per} not done are listed last.",
             "",
         ]
@@ -202,8 +235,9 @@ def _standard_columns(per: str) -> list[Column]:
 def build_table(records: Sequence[dict[str, Any]], metric: str | None = None) -> Table:
     """One row per job, sorted by :func:`sort_records` and ranked within comparable
     groups. Columns: job, status, the swept keys, likelihood, sigma, beta, beta_eff,
-    test ELBO, recon, KL, active units, NLL, bits/dim, rank, best val ELBO, epochs,
-    the comparable group (and ``metric`` when it is none of these)."""
+    test ELBO, recon, KL, active units, NLL, bits/dim, the sample-quality metrics jobs
+    logged (:mod:`vaelab.compare.quality`), rank, best val ELBO, epochs, the
+    comparable group (and ``metric`` when it is none of these)."""
     metric = metric or DEFAULT_METRIC
     swept, common = swept_keys(records)
     columns = _layout(records, swept, "jobs", metric)
@@ -307,6 +341,14 @@ def shown_by_columns(records: Sequence[dict[str, Any]], key: str, columns: Seque
     return True
 
 
+def _quality_columns(records: Sequence[dict[str, Any]], per: str) -> list[Column]:
+    """A column for each sample-quality metric some job logged (none when none did)."""
+    return [
+        Column(m, quality.LABELS[m], "{:.3f}" if quality.is_sharpness(m) else "{:.2f}", per == "settings")
+        for m in quality.logged(records)
+    ]
+
+
 def _layout(records: Sequence[dict[str, Any]], swept: list[str], per: str, metric: str) -> list[Column]:
     """The columns of a table. Each quantity is shown once: a swept key gets a column
     of its own unless a standard column shows it (``SHOWN_BY``: ``model.beta`` is
@@ -321,7 +363,8 @@ def _layout(records: Sequence[dict[str, Any]], swept: list[str], per: str, metri
 
     columns = [Column("job", "job" if per == "jobs" else "first job"), Column("status", "status")]
     columns += [Column(f"set:{k}", k if k not in names else f"{k} (override)") for k in swept if not shown(k)]
-    columns += standard
+    after_bpd = next(i for i, c in enumerate(standard) if c.key == "bpd") + 1
+    columns += standard[:after_bpd] + _quality_columns(records, per) + standard[after_bpd:]
     if metric != DEFAULT_METRIC and metric not in {c.key for c in columns}:
         columns.append(Column(metric, metric, "{:.4g}", per == "settings"))
     return columns
@@ -338,6 +381,15 @@ def _notes(
             + "; ".join(f"`{g}`" for g in groups)
             + ". A Gaussian density of dequantised images and a Bernoulli mass of binarised ones model different data."
         )
+    for group in groups:
+        models = {r.get("data_model") for r in records if r.get("comparable") == group}
+        if {"discrete", "dequantised"} <= models:
+            notes.append(
+                f"In `{group}`, the discrete likelihoods' bits/dim are of a probability mass of the integer pixel "
+                "values and the dequantised densities' are an upper bound on those of a mass: they compare, but a gap "
+                "in favour of the mass may be partly the bound's."
+            )
+    notes += quality.notes(records)
     if any(r.get("nll_source") == "-test/elbo" for r in records):
         notes.append("NLL* : no test/nll_iw was logged, -test/elbo is shown (an upper bound on the NLL).")
     if any(r.get("collapsed") for r in records):
