@@ -2,8 +2,8 @@
 test, how the table labels and orders them, and what its notes say about them.
 
 - ``test/fid_samples``, ``test/fid_recon``: the Fréchet distance between the features of
-  10,000 prior samples (decoder means), or of the reconstructions of the test images,
-  and those of the test images, with the features of a small classifier trained on the
+  prior samples (decoder means; ``callbacks.sample_quality.num_images`` of them), or of
+  the reconstructions of the test images, and those of the test images, with the features of a small classifier trained on the
   data set's own training split, not Inception's: numbers of their own, comparable
   between jobs that used the same classifier and with no published FID. Hence "FID
   (own classifier)" wherever one is shown, and the classifier's test accuracy
@@ -14,7 +14,8 @@ test, how the table labels and orders them, and what its notes say about them.
   it puts the smallest ``|log sharpness|`` first (0.5 and 2 are equally far from the
   data).
 
-Runs that logged none of these (older runs, runs with the metrics switched off) show
+vaelab.quality.measure.NAMES logs them; this module spells them again because
+vaelab-compare does not import torch. Runs that logged none of these (older runs, runs with the metrics switched off) show
 no quality column and no quality figure.
 """
 
@@ -101,8 +102,8 @@ def notes(records: Sequence[dict[str, Any]]) -> list[str]:
         accuracy = classifier_line(records)
         lines.append(
             f"{FID_LABEL}: Fréchet distance of the features of a small classifier trained on the data set's own "
-            "training split, not Inception's, between 10,000 prior samples (decoder means) or the reconstructions "
-            "and the test images; lower is better, and not comparable with published (Inception) FIDs"
+            "training split, not Inception's, between prior samples (decoder means) or reconstructions and the test "
+            "images; lower is better, and not comparable with published (Inception) FIDs"
             + (f". The classifier's test accuracy: {accuracy}" if accuracy else "")
             + "."
         )
