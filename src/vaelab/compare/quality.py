@@ -3,20 +3,21 @@ test, how the table labels and orders them, and what its notes say about them.
 
 - ``test/fid_samples``, ``test/fid_recon``: the Fréchet distance between the features of
   prior samples (decoder means; ``callbacks.sample_quality.num_images`` of them), or of
-  the reconstructions of the test images, and those of the test images, with the features of a small classifier trained on the
-  data set's own training split, not Inception's: numbers of their own, comparable
-  between jobs that used the same classifier and with no published FID. Hence "FID
-  (own classifier)" wherever one is shown, and the classifier's test accuracy
-  (``test/fid_classifier_accuracy``) beside it. Lower is better.
+  the reconstructions of the test images, and those of the test images, with the
+  features of a small classifier trained on the data set's own training split, not
+  Inception's: numbers of their own, comparable between jobs that used the same
+  classifier and with no published FID. Hence "FID (own classifier)" wherever one is
+  shown, and the classifier's test accuracy (``test/fid_classifier_accuracy``) beside
+  it. Lower is better.
 - ``test/sharpness_samples``, ``test/sharpness_recon``: the mean variance of the
   Laplacian of the images over that of the test images: 1 is as sharp as the data,
   below 1 blurrier, above 1 noisier than the data. Closer to 1 is better, so a sort by
   it puts the smallest ``|log sharpness|`` first (0.5 and 2 are equally far from the
   data).
 
-vaelab.quality.measure.NAMES logs them; this module spells them again because
-vaelab-compare does not import torch. Runs that logged none of these (older runs, runs with the metrics switched off) show
-no quality column and no quality figure.
+:data:`vaelab.quality.measure.NAMES` logs them; they are spelled again here because
+vaelab-compare imports no torch. Runs that logged none of them (older runs, runs with
+the metrics switched off) show no quality column and no quality figure.
 """
 
 from __future__ import annotations
