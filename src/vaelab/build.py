@@ -12,6 +12,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab.config import instantiate_likelihood
 from vaelab.exceptions import ConfigError
 
 
@@ -26,7 +27,7 @@ def load_data_now(datamodule: pl.LightningDataModule) -> None:
 
 def build_model(cfg: DictConfig, datamodule: Any, **overrides: Any) -> pl.LightningModule:
     """The VAE of a composed config, sized for ``datamodule``'s images."""
-    likelihood = instantiate(cfg.likelihood, image_shape=datamodule.image_shape)
+    likelihood = instantiate_likelihood(cfg.likelihood, datamodule.image_shape, datamodule.levels)
     if getattr(likelihood, "binarize", None) == "none" and datamodule.levels > 2:
         raise ConfigError(
             f"likelihood.binarize=none needs binary data, but these images have {datamodule.levels} intensity "

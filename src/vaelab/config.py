@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab import schema, sweeps
@@ -37,3 +39,15 @@ def instantiate_dict(cfg: DictConfig | None, **kwargs: Any) -> list[Any]:
         instantiate(node, **kwargs) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node
     )
     return [obj for obj in built if obj is not None]
+
+
+def instantiate_likelihood(cfg: DictConfig, image_shape: Sequence[int], levels: int) -> Any:
+    """The likelihood of a config's ``likelihood`` node for images of ``image_shape``
+    with ``levels`` intensities. Every likelihood takes the image shape; ``levels``
+    goes to those whose constructor names it (a probability mass of the integer levels
+    needs them at construction; a density on [0, 1] is told them per batch, in
+    ``prepare``), so neither a config nor a user states what the data already say."""
+    data: dict[str, Any] = {"image_shape": tuple(int(s) for s in image_shape)}
+    if "levels" in inspect.signature(get_object(cfg._target_)).parameters:
+        data["levels"] = int(levels)
+    return instantiate(cfg, **data)

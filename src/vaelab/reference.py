@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from vaelab.config import instantiate_likelihood
 from vaelab.model import maths
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 
@@ -45,9 +46,9 @@ class ReferenceResult:
 class ReferenceVAE(nn.Module):
     """Encoder, decoder and likelihood of a config, held together without Lightning."""
 
-    def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int]):
+    def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], levels: int):
         super().__init__()
-        self.likelihood: Likelihood = instantiate(cfg.likelihood, image_shape=image_shape)
+        self.likelihood: Likelihood = instantiate_likelihood(cfg.likelihood, image_shape, levels)
         latent_dim = int(cfg.model.latent_dim)
         self.encoder = instantiate(cfg.model.encoder)(image_shape=image_shape, latent_dim=latent_dim)
         self.decoder = instantiate(cfg.model.decoder)(
@@ -131,7 +132,7 @@ def train_reference(
     torch.manual_seed(seed)
     image_shape = tuple(datamodule.image_shape)
     levels = int(datamodule.levels)
-    model = ReferenceVAE(cfg, image_shape)
+    model = ReferenceVAE(cfg, image_shape, levels)
     train_images, val_images, test_images = (
         datamodule.train_images.cpu(),
         datamodule.val_images.cpu(),

@@ -21,8 +21,11 @@ from vaelab.settings import (
     PRECISIONS,
     RANGES,
     BernoulliLikelihoodSchema,
+    ContinuousBernoulliLikelihoodSchema,
     DataSchema,
+    DiscretizedLogisticLikelihoodSchema,
     GaussianLikelihoodSchema,
+    GaussianLowRankLikelihoodSchema,
     ModelSchema,
     check_log_sigma_bounds,
     default,
@@ -36,6 +39,9 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group="schema/likelihood", name="gaussian", node=GaussianLikelihoodSchema)
     store.store(group="schema/likelihood", name="bernoulli", node=BernoulliLikelihoodSchema)
+    store.store(group="schema/likelihood", name="gaussian_low_rank", node=GaussianLowRankLikelihoodSchema)
+    store.store(group="schema/likelihood", name="discretized_logistic", node=DiscretizedLogisticLikelihoodSchema)
+    store.store(group="schema/likelihood", name="continuous_bernoulli", node=ContinuousBernoulliLikelihoodSchema)
     store.store(group="schema/model", name="vae", node=ModelSchema)
     store.store(group="schema/data", name="images", node=DataSchema)
     OmegaConf.register_new_resolver("vaelab.default", default, replace=True)
@@ -74,7 +80,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.channels_last=true is for convolutional networks, but model.encoder is {encoder}; use model=conv"
         )
-    sigma = _select(cfg, "likelihood.sigma")
+    # the Gaussian's and the low-rank Gaussian's log-sigma bounds
     lo, hi = _select(cfg, "likelihood.log_sigma_min"), _select(cfg, "likelihood.log_sigma_max")
-    if sigma is not _MISSING and lo is not _MISSING and hi is not _MISSING:
+    if lo is not _MISSING and hi is not _MISSING:
         check_log_sigma_bounds(lo, hi)

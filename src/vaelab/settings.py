@@ -88,6 +88,31 @@ class BernoulliLikelihoodSchema:
 
 
 @dataclass
+class GaussianLowRankLikelihoodSchema:
+    _target_: str = "vaelab.model.likelihoods.GaussianLowRankLikelihood"
+    # columns of the per-image factor U (covariance diag(sigma^2) + U U^T)
+    rank: int = 10
+    sigma_init: float = 0.1
+    log_sigma_min: float = -6.0
+    log_sigma_max: float = 2.0
+    dequantize: bool = True
+
+
+@dataclass
+class DiscretizedLogisticLikelihoodSchema:
+    _target_: str = "vaelab.model.likelihoods.DiscretizedLogisticLikelihood"
+    # logistic components per pixel and channel
+    components: int = 5
+    log_scale_min: float = -7.0
+
+
+@dataclass
+class ContinuousBernoulliLikelihoodSchema:
+    _target_: str = "vaelab.model.likelihoods.ContinuousBernoulliLikelihood"
+    dequantize: bool = True
+
+
+@dataclass
 class ModelSchema:
     _target_: str = "vaelab.model.vae.VAE"
     latent_dim: int = 16
@@ -129,6 +154,9 @@ SCHEMAS: dict[str, type] = {
     "data": DataSchema,
     "likelihood.gaussian": GaussianLikelihoodSchema,
     "likelihood.bernoulli": BernoulliLikelihoodSchema,
+    "likelihood.gaussian_low_rank": GaussianLowRankLikelihoodSchema,
+    "likelihood.discretized_logistic": DiscretizedLogisticLikelihoodSchema,
+    "likelihood.continuous_bernoulli": ContinuousBernoulliLikelihoodSchema,
 }
 
 
@@ -169,6 +197,8 @@ RANGES: dict[str, Range] = {
     "model.optimizer.lr": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.sigma_value": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.sigma_init": Range(float, lambda v: v > 0, "> 0"),
+    "likelihood.rank": Range(int, lambda v: v >= 1, ">= 1"),
+    "likelihood.components": Range(int, lambda v: v >= 1, ">= 1"),
     "data.batch_size": Range(int, lambda v: v >= 1, ">= 1"),
     "data.eval_batch_size": Range(int, lambda v: v >= 1, ">= 1"),
     "data.val_fraction": Range(float, lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -10,6 +10,7 @@ whatever its mode, so that sigma is one config switch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,10 @@ from vaelab.model import maths
 from vaelab.settings import (
     BernoulliLikelihoodSchema,
     Binarize,
+    ContinuousBernoulliLikelihoodSchema,
+    DiscretizedLogisticLikelihoodSchema,
     GaussianLikelihoodSchema,
+    GaussianLowRankLikelihoodSchema,
     OptimalShape,
     SigmaMode,
     check_choice,
@@ -31,6 +35,24 @@ from vaelab.settings import (
 SIGMA_MODES = choices(SigmaMode)
 OPTIMAL_SHAPES = choices(OptimalShape)
 BINARIZE_MODES = choices(Binarize)
+
+
+def _noise(
+    draw: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """``draw`` (torch.rand or torch.randn) of ``shape`` on ``like``'s device and dtype,
+    drawn where ``generator`` lives (a CPU generator makes the same draws on any device)."""
+    device = generator.device if generator is not None else like.device
+    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _dequantized(images: Tensor, levels: int, dequantize: bool) -> Tensor:
+    """The inputs of a density on [0, 1]: uniformly dequantised, (x + u) / levels, a
+    bound on the discrete likelihood in which no pixel is ever exactly constant; or
+    x / (levels - 1), which bounds nothing."""
+    if dequantize:
+        return (images.float() + torch.rand(images.shape, device=images.device)) / levels
+    return images.float() / (levels - 1)
 
 
 class Likelihood(nn.Module):
@@ -57,6 +79,13 @@ class Likelihood(nn.Module):
 
     def mean(self, decoder_out: Tensor) -> Tensor:
         """The decoder's mean image, for reconstructions and samples."""
+        raise NotImplementedError
+
+    def sample(self, decoder_out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One draw of x ~ p(x|z) per decoder output, in the model's input space (what
+        :meth:`prepare` returns) and of the shape of :meth:`mean`: the mean image's
+        noisy counterpart. A draw lies in the distribution's support, clamped to [0, 1]
+        only where that is the support; ``generator`` (on any device) makes it repeatable."""
         raise NotImplementedError
 
     def output_bias(self, data_mean: Tensor) -> Tensor:
@@ -117,6 +146,11 @@ class BernoulliLikelihood(Likelihood):
 
     def mean(self, decoder_out: Tensor) -> Tensor:
         return torch.sigmoid(decoder_out)
+
+    def sample(self, decoder_out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A binary image: 1 where u < sigmoid(logits), u ~ U(0, 1)."""
+        probs = torch.sigmoid(decoder_out.float())
+        return (_noise(torch.rand, tuple(probs.shape), probs, generator) < probs).to(probs.dtype)
 
     def output_bias(self, data_mean: Tensor) -> Tensor:
         return torch.logit(data_mean, eps=1e-3)
@@ -184,11 +218,7 @@ class GaussianLikelihood(Likelihood):
 
     # -- data -------------------------------------------------------------------------
     def prepare(self, images: Tensor, levels: int) -> Tensor:
-        if self.dequantize:
-            # Uniform dequantisation: a density on [0, 1] that is a bound on the
-            # discrete likelihood, and no pixel is ever exactly constant.
-            return (images.float() + torch.rand(images.shape, device=images.device)) / levels
-        return images.float() / (levels - 1)
+        return _dequantized(images, levels, self.dequantize)
 
     @property
     def init_output_bias_by_default(self) -> bool:  # type: ignore[override]
@@ -215,6 +245,14 @@ class GaussianLikelihood(Likelihood):
         if self.sigma_mode == "predicted":
             return decoder_out.chunk(2, dim=1)[0]
         return decoder_out
+
+    def sample(self, decoder_out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """mean + sigma * eps, eps ~ N(0, I), with the sigma that scores data in eval mode
+        (for ``optimal``, ``train_mse``'s, whether the module is training or not). Not
+        clamped: a Gaussian's draws leave [0, 1]."""
+        mean = self.mean(decoder_out).float()
+        sigma = torch.exp(self.log_sigma_for(decoder_out)).expand_as(mean)
+        return mean + sigma * _noise(torch.randn, tuple(mean.shape), mean, generator)
 
     def log_sigma_for(self, decoder_out: Tensor, x: Tensor | None = None) -> Tensor:
         """The log-sigma that scores ``x``; broadcastable to the data's shape."""
@@ -292,3 +330,246 @@ class GaussianLikelihood(Likelihood):
         if self.sigma_mode == "predicted" and decoder_out is not None:
             return self.current_sigma(decoder_out).detach()
         return None
+
+
+class GaussianLowRankLikelihood(Likelihood):
+    """Gaussian decoder with a low-rank plus diagonal covariance per image (structured
+    uncertainty: Dorta et al., CVPR 2018; SOS-VAE, TMLR 2022):
+
+        p(x|z) = N(x; mu(z), diag(sigma(z)^2) + U(z) U(z)^T)
+
+    over all D = C * H * W numbers of an image, U of shape D x ``rank``. The independent
+    Gaussian must explain every correlated residual (a stroke a pixel to the side) as
+    noise, or blur the mean to hedge; U models those residuals as a few directions of
+    correlated variation instead. The log-density is the full one
+    (:func:`vaelab.model.maths.low_rank_gaussian_log_prob`: Woodbury identity and the
+    matrix determinant lemma, O(D r^2) per image), so its nats and bits/dim compare with
+    the diagonal Gaussian's (the same dequantisation, ``dequantization_levels`` and
+    ``data_model``).
+
+    The decoder outputs 2 + rank channels per data channel: the mean, the raw log-sigma
+    (soft-clamped to (``log_sigma_min``, ``log_sigma_max``), as sigma=predicted's) and
+    the rank columns of U, each laid out like the image. The raw columns are divided
+    by sqrt(rank): the variance U adds to a pixel, sum_k U_dk^2, then starts at the
+    scale of one raw output whatever the rank, so a higher rank does not start with
+    noisier images.
+
+    ``init_output_bias_by_default`` is False (as for the Gaussian's sigma modes but
+    predicted: not measured against the plain loop for this decoder); with
+    ``model.init_output_bias=true`` the decoder starts at the mean image, log-sigma at
+    log(``sigma_init``) and U = 0 (the diagonal Gaussian of sigma=predicted).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        rank: int = GaussianLowRankLikelihoodSchema.rank,
+        sigma_init: float = GaussianLowRankLikelihoodSchema.sigma_init,
+        log_sigma_min: float = GaussianLowRankLikelihoodSchema.log_sigma_min,
+        log_sigma_max: float = GaussianLowRankLikelihoodSchema.log_sigma_max,
+        dequantize: bool = GaussianLowRankLikelihoodSchema.dequantize,
+    ):
+        super().__init__(image_shape)
+        check_range("likelihood.rank", rank)
+        check_range("likelihood.sigma_init", sigma_init)
+        check_log_sigma_bounds(log_sigma_min, log_sigma_max)
+        self.rank = int(rank)
+        self.initial_log_sigma = math.log(sigma_init)
+        self.log_sigma_min = float(log_sigma_min)
+        self.log_sigma_max = float(log_sigma_max)
+        self.dequantize = dequantize
+        self.params_per_channel = 2 + self.rank
+
+    def prepare(self, images: Tensor, levels: int) -> Tensor:
+        return _dequantized(images, levels, self.dequantize)
+
+    def dequantization_levels(self, levels: int) -> int | None:
+        return levels if self.dequantize else None
+
+    def data_model(self) -> str:
+        return "dequantised" if self.dequantize else "not dequantised"
+
+    def parts(self, decoder_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The mean (B, C, H, W), log-sigma (B, C, H, W) and U^T (B, rank, C, H, W)."""
+        channels = self.image_shape[0]
+        out = decoder_out.float()
+        mean, raw_log_sigma = out[:, :channels], out[:, channels : 2 * channels]
+        factor = out[:, 2 * channels :].unflatten(1, (self.rank, channels)) / math.sqrt(self.rank)
+        return mean, maths.soft_clamp(raw_log_sigma, self.log_sigma_min, self.log_sigma_max), factor
+
+    def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
+        mean, log_sigma, factor = self.parts(decoder_out)
+        return maths.low_rank_gaussian_log_prob(x, mean, log_sigma, factor)
+
+    def mean(self, decoder_out: Tensor) -> Tensor:
+        return decoder_out[:, : self.image_shape[0]]
+
+    def sample(self, decoder_out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """mean + sigma * eps1 + U eps2, eps1 ~ N(0, I_D), eps2 ~ N(0, I_rank): the noise
+        is correlated across pixels along U's columns. Not clamped."""
+        mean, log_sigma, factor = self.parts(decoder_out)
+        eps1 = _noise(torch.randn, tuple(mean.shape), mean, generator)
+        eps2 = _noise(torch.randn, (mean.shape[0], self.rank), mean, generator)
+        return mean + torch.exp(log_sigma) * eps1 + torch.einsum("br...,br->b...", factor, eps2)
+
+    def output_bias(self, data_mean: Tensor) -> Tensor:
+        return torch.cat(
+            [
+                data_mean,
+                torch.full_like(data_mean, self.initial_log_sigma),
+                torch.zeros(
+                    (self.rank * data_mean.shape[0], *data_mean.shape[1:]),
+                    dtype=data_mean.dtype,
+                    device=data_mean.device,
+                ),
+            ]
+        )
+
+    def sigma_map(self, decoder_out: Tensor | None = None) -> Tensor | None:
+        """Each pixel's marginal standard deviation sqrt(sigma^2 + sum_k U_dk^2), (B, C, H, W):
+        where the decoder is unsure, whether the diagonal or U carries it."""
+        if decoder_out is None:
+            return None
+        _, log_sigma, factor = self.parts(decoder_out)
+        return torch.sqrt(torch.exp(2.0 * log_sigma) + factor.square().sum(dim=1)).detach()
+
+
+class DiscretizedLogisticLikelihood(Likelihood):
+    """A mixture of discretised logistics over the integer intensities (PixelCNN++,
+    Salimans et al., 2017): log_prob is a probability mass of the integer pixel values
+    themselves, so its bits/dim are exact, with no dequantisation bound and no
+    correction (``dequantization_levels`` is None, ``data_model`` "discrete").
+
+    Each pixel and channel has its own mixture of ``components`` logistics: the decoder
+    outputs 3 * components channels per data channel (mixture logits, locations, raw
+    log-scales, each block laid out like the image). Channels are independent given z:
+    PixelCNN++'s linear coupling of R, G and B is autoregressive in the channels, which
+    a decoder that outputs every pixel at once does not have. Levels k lie at
+    k / (levels - 1) in [0, 1] (:meth:`prepare`, no noise), bins of width
+    1 / (levels - 1) centred on them, the edge bins take the tails
+    (:func:`vaelab.model.maths.discretized_logistic_log_mass`). The log-scale has a
+    soft floor ``log_scale_min``: a mass is at most 1, so it cannot run away as a
+    density can; the floor only keeps the scale representable.
+
+    ``mean`` is the exact mean of the discretised mixture (a sum over the levels, about
+    ``levels`` sigmoids per number and component); ``sample`` a draw quantised to the
+    levels, in [0, 1]. ``init_output_bias_by_default`` is False (not measured); the
+    output bias puts every component at the mean image with a scale of one bin, so the
+    mean starts within a bin of the data's mean.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        levels: int,
+        components: int = DiscretizedLogisticLikelihoodSchema.components,
+        log_scale_min: float = DiscretizedLogisticLikelihoodSchema.log_scale_min,
+    ):
+        super().__init__(image_shape)
+        check_range("likelihood.components", components)
+        if int(levels) < 2:
+            raise ValueError(f"a discretised likelihood needs at least 2 intensity levels, got {levels}")
+        self.levels = int(levels)
+        self.components = int(components)
+        self.log_scale_min = float(log_scale_min)
+        self.params_per_channel = 3 * self.components
+
+    def prepare(self, images: Tensor, levels: int) -> Tensor:
+        if levels != self.levels:
+            raise ValueError(f"this likelihood was built for {self.levels} intensity levels, the images have {levels}")
+        return images.float() / (levels - 1)
+
+    def data_model(self) -> str:
+        return "discrete"
+
+    def parts(self, decoder_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mixture logits, locations and log-scales, each (B, components, C, H, W)."""
+        out = decoder_out.float().unflatten(1, (3, self.components, self.image_shape[0]))
+        logits, loc, raw_log_scale = out.unbind(dim=1)
+        return logits, loc, maths.soft_floor(raw_log_scale, self.log_scale_min)
+
+    def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
+        return maths.discretized_logistic_mixture_log_prob(x, *self.parts(decoder_out), self.levels)
+
+    def mean(self, decoder_out: Tensor) -> Tensor:
+        return maths.discretized_logistic_mixture_mean(*self.parts(decoder_out), self.levels)
+
+    def sample(self, decoder_out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A component by the Gumbel-max trick, a logistic draw loc + scale * logit(u) from
+        it, rounded to the nearest level (the bins are centred on the levels) and
+        clamped to the edge levels (which take the tails): values k / (levels - 1)."""
+        logits, loc, log_scale = self.parts(decoder_out)
+        gumbel = -torch.log(-torch.log(_noise(torch.rand, tuple(logits.shape), logits, generator).clamp(1e-12, 1.0)))
+        chosen = (logits + gumbel).argmax(dim=1, keepdim=True)
+        loc, log_scale = loc.gather(1, chosen).squeeze(1), log_scale.gather(1, chosen).squeeze(1)
+        u = _noise(torch.rand, tuple(loc.shape), loc, generator).clamp(1e-6, 1.0 - 1e-6)
+        x = loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+        top = self.levels - 1
+        return torch.round(x * top).clamp(0, top) / top
+
+    def output_bias(self, data_mean: Tensor) -> Tensor:
+        n = self.components
+        # the raw log-scale that the soft floor maps to one bin's width (inverse softplus)
+        gap = torch.tensor(math.log(1.0 / (self.levels - 1)) - self.log_scale_min, dtype=data_mean.dtype)
+        raw = self.log_scale_min + torch.log(torch.expm1(gap.clamp(min=1e-6)))
+        return torch.cat(
+            [
+                torch.zeros_like(data_mean).repeat(n, 1, 1),
+                data_mean.repeat(n, 1, 1),
+                torch.full_like(data_mean, float(raw)).repeat(n, 1, 1),
+            ]
+        )
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """The continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019) for data in [0, 1]:
+    p(x|lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x), the decoder outputs the logits
+    of lambda. "BCE on grey images" scores grey data with a Bernoulli, which is no
+    density of them; C(lambda) makes it one
+    (:func:`vaelab.model.maths.continuous_bernoulli_log_norm`, exact from the logits
+    and stable at lambda = 1/2).
+
+    ``mean`` is the CB mean, not sigmoid(logits) (the two differ by up to about 0.24);
+    ``sample`` an inverse-CDF draw, in [0, 1]. ``dequantize`` (default on)
+    scores uniformly dequantised data as the Gaussian does, so its bits/dim compare
+    with the dequantised Gaussian's; off, data_model is "not dequantised" and bits/dim
+    bound nothing. ``init_output_bias_by_default`` is False (not measured); the output
+    bias is the logits whose CB mean is the data's mean image.
+    """
+
+    def __init__(
+        self, image_shape: tuple[int, int, int], dequantize: bool = ContinuousBernoulliLikelihoodSchema.dequantize
+    ):
+        super().__init__(image_shape)
+        self.dequantize = dequantize
+
+    def prepare(self, images: Tensor, levels: int) -> Tensor:
+        return _dequantized(images, levels, self.dequantize)
+
+    def dequantization_levels(self, levels: int) -> int | None:
+        return levels if self.dequantize else None
+
+    def data_model(self) -> str:
+        return "dequantised" if self.dequantize else "not dequantised"
+
+    def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
+        return maths.continuous_bernoulli_log_prob(x, decoder_out.float())
+
+    def mean(self, decoder_out: Tensor) -> Tensor:
+        return maths.continuous_bernoulli_mean(decoder_out.float())
+
+    def sample(self, decoder_out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        logits = decoder_out.float()
+        return maths.continuous_bernoulli_icdf(_noise(torch.rand, tuple(logits.shape), logits, generator), logits)
+
+    @torch.no_grad()
+    def output_bias(self, data_mean: Tensor) -> Tensor:
+        """The logits whose CB mean is ``data_mean`` (clamped to [1e-4, 1 - 1e-4]): the
+        mean is increasing in the logits, so bisection in float64 finds them."""
+        target = data_mean.double().clamp(1e-4, 1.0 - 1e-4)
+        lo, hi = torch.full_like(target, -2e4), torch.full_like(target, 2e4)
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            below = maths.continuous_bernoulli_mean(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(data_mean.dtype)
