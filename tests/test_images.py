@@ -78,7 +78,7 @@ def fit_with_images(tmp_path, *overrides: str):
 def test_reconstructions_show_the_data_above_reconstructions_of_the_model_input(tmp_path, likelihood):
     overrides = [] if likelihood == "gaussian" else ["likelihood=bernoulli", "likelihood.binarize=dynamic"]
     grids, model, datamodule = fit_with_images(tmp_path, *overrides)
-    assert {p.name for p in grids.written} == {"reconstructions.png", "samples.png"}
+    assert {p.name for p in grids.written} == {"reconstructions.png", "samples.png", "px_samples.png"}
     page = read_png(tmp_path / "images" / "reconstructions.png")
 
     images = next(iter(datamodule.val_dataloader()))[0][:64]
@@ -181,3 +181,21 @@ def test_wandb_gets_each_panel_under_its_own_key_at_the_step_it_was_made(train, 
         # weights at the same step as the last epoch's, logged once
         assert logged.pop(f"images/{name}") == [(step, name + suffix) for step, suffix in epochs]
     assert logged == {"images/latents": [(2 * steps_per_epoch, "latents")]}
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "gaussian_low_rank"])
+def test_px_samples_show_the_decoder_mean_above_a_draw_of_the_likelihood(tmp_path, likelihood):
+    """The mean image and a draw of p(x|z) at the same z, row above row: the draw is
+    what the likelihood adds to the mean (noise, or a binary image)."""
+    grids, model, _ = fit_with_images(tmp_path, f"likelihood={likelihood}")
+    page = read_png(tmp_path / "images" / "px_samples.png")
+    model.eval()
+    means, draws = grids.likelihood_draws(model, 64)
+    again_means, again_draws = grids.likelihood_draws(model, 64)
+    assert torch.equal(means, again_means) and torch.equal(draws, again_draws)  # its own seeded streams
+    assert not torch.equal(means, draws)
+    for start in range(0, 64, 8):
+        assert find(page, make_grid(means[start : start + 8], nrow=8)[..., 0].numpy()) is not None, start
+        assert find(page, make_grid(draws[start : start + 8], nrow=8)[..., 0].numpy()) is not None, start
+    if likelihood == "bernoulli":
+        assert set(draws.unique().tolist()) <= {0.0, 1.0}

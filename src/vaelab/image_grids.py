@@ -23,7 +23,10 @@ from vaelab.panels import compose_panel, make_grid, paired_rows, save_latent_usa
 class ImageGrids(pl.Callback):
     """Every ``every_n_epochs`` validation epochs and at the end of training, write
     ``reconstructions`` (row pairs: inputs, and below them their reconstructions,
-    labelled), ``samples`` from the prior and, when sigma varies by pixel,
+    labelled), ``samples`` from the prior, ``px_samples`` (the decoder's mean at prior
+    draws of z, each above a draw of p(x|z) at the same z: what the likelihood adds
+    to the mean, independent noise for a diagonal Gaussian, correlated for a low-rank
+    one, a binary image for a Bernoulli) and, when sigma varies by pixel,
     ``sigma_map`` into ``dirpath``; after the test, ``latents``. W&B loggers get
     each panel under its own key, ``images/<panel>``, at the global step it was
     made at.
@@ -89,6 +92,7 @@ class ImageGrids(pl.Callback):
             samples = pl_module.sample(self.num_images, generator=generator)
             mu, _ = pl_module.encode(x)
             sigma = pl_module.likelihood.sigma_map(pl_module.decode(mu))
+            means, draws = self.likelihood_draws(pl_module, samples.shape[0])
         finally:
             pl_module.train(was_training)
         nrow = math.ceil(math.sqrt(x.shape[0]))
@@ -101,6 +105,15 @@ class ImageGrids(pl.Callback):
                 make_grid(samples, nrow=nrow), f"Prior samples, {when}\ndecoder mean at z ~ N(0, I)"
             )[0],
         }
+        px_pairs, px_labels = paired_rows(
+            means[:full_rows], draws[:full_rows], nrow, names=("decoder mean", "draw of p(x|z)")
+        )
+        panels["px_samples"] = compose_panel(
+            px_pairs,
+            f"The decoder's mean and a draw of p(x|z) at the same z ~ N(0, I), {when}\n"
+            "(the draw shows what the likelihood adds to the mean; clipped to [0, 1])",
+            px_labels,
+        )[0]
         paths = {name: save_png(page, self.dirpath / f"{name}{suffix}.png") for name, page in panels.items()}
         if sigma is not None:
             mode = getattr(pl_module.likelihood, "sigma_mode", "")
@@ -110,6 +123,18 @@ class ImageGrids(pl.Callback):
         self._log_images(trainer, paths)
         self.written = list(paths.values())
         return self.written
+
+    @torch.no_grad()
+    def likelihood_draws(self, pl_module: pl.LightningModule, num_images: int) -> tuple[Tensor, Tensor]:
+        """(means, draws): the decoder's mean at ``num_images`` prior draws of z (seed
+        ``seed + 1``), and one draw of p(x|z) at each, with random streams of their own
+        (forked), so drawing changes nothing the run draws afterwards."""
+        device = pl_module.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed + 1)
+            z = torch.randn(num_images, pl_module.latent_dim, device=device)
+            decoder_out = pl_module.decode(z)
+            return pl_module.likelihood.mean(decoder_out), pl_module.likelihood.sample(decoder_out)
 
     def _log_images(self, trainer: pl.Trainer, paths: dict[str, Path]) -> None:
         """Each panel under a key of its own (``images/reconstructions``, ...), at the

@@ -56,12 +56,17 @@ def interleave_rows(inputs: Tensor, outputs: Tensor, nrow: int) -> Tensor:
 
 
 def paired_rows(
-    inputs: Tensor, outputs: Tensor, nrow: int, gap: int = 8, fill: float = GRID_FILL
+    inputs: Tensor,
+    outputs: Tensor,
+    nrow: int,
+    gap: int = 8,
+    fill: float = GRID_FILL,
+    names: tuple[str, str] = ("input", "reconstruction"),
 ) -> tuple[Tensor, list[tuple[int, str]]]:
     """A grid of row pairs, ``nrow`` inputs above their ``nrow`` reconstructions, with a
     ``gap`` of white between pairs so that each pair reads as one; and the labels for
-    :func:`compose_panel`: ("input" or "reconstruction", at the pixel row of its row's
-    middle). One (H, W, C) uint8 array, like :func:`make_grid`."""
+    :func:`compose_panel`: (one of ``names``, at the pixel row of its row's middle).
+    One (H, W, C) uint8 array, like :func:`make_grid`."""
     blocks, labels, top, padding = [], [], 0, 2
     for start in range(0, inputs.shape[0], nrow):
         pair = interleave_rows(inputs[start : start + nrow], outputs[start : start + nrow], nrow)
@@ -70,7 +75,7 @@ def paired_rows(
             blocks.append(torch.full((gap, block.shape[1], block.shape[2]), 255, dtype=torch.uint8))
             top += gap
         cell = (block.shape[0] - 3 * padding) // 2  # make_grid: padding above, between and below the two rows
-        labels += [(top + padding + cell // 2, "input"), (top + 2 * padding + cell + cell // 2, "reconstruction")]
+        labels += [(top + padding + cell // 2, names[0]), (top + 2 * padding + cell + cell // 2, names[1])]
         blocks.append(block)
         top += block.shape[0]
     return torch.cat(blocks), labels
