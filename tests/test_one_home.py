@@ -33,8 +33,13 @@ SCHEMAS = [
     settings.ModelSchema,
     settings.GaussianLikelihoodSchema,
     settings.BernoulliLikelihoodSchema,
+    settings.GaussianLowRankLikelihoodSchema,
+    settings.DiscretizedLogisticLikelihoodSchema,
+    settings.ContinuousBernoulliLikelihoodSchema,
     settings.DataSchema,
 ]
+#: every likelihood's schema, by the class it builds
+LIKELIHOOD_SCHEMAS = {node._target_: node for node in SCHEMAS if "likelihoods" in node._target_}
 #: schema fields whose constructor argument is required: a config must set them
 REQUIRED = {"encoder", "decoder", "source"}
 #: values a config states although they are the default: the config is named for them
@@ -73,6 +78,24 @@ def test_the_targets_are_the_classes():
     assert get_object(settings.ModelSchema._target_) is VAE
     assert get_object(settings.GaussianLikelihoodSchema._target_) is GaussianLikelihood
     assert get_object(settings.BernoulliLikelihoodSchema._target_) is likelihoods.BernoulliLikelihood
+    assert get_object(settings.GaussianLowRankLikelihoodSchema._target_) is likelihoods.GaussianLowRankLikelihood
+    assert (
+        get_object(settings.DiscretizedLogisticLikelihoodSchema._target_) is likelihoods.DiscretizedLogisticLikelihood
+    )
+    assert (
+        get_object(settings.ContinuousBernoulliLikelihoodSchema._target_) is likelihoods.ContinuousBernoulliLikelihood
+    )
+    # every likelihood class has its schema, every schema its config file and ConfigStore entry
+    classes = {
+        f"vaelab.model.likelihoods.{name}"
+        for name, obj in vars(likelihoods).items()
+        if isinstance(obj, type) and issubclass(obj, likelihoods.Likelihood) and obj is not likelihoods.Likelihood
+    }
+    assert classes == set(LIKELIHOOD_SCHEMAS)
+    assert {
+        composed("train", f"likelihood={Path(p).stem}").likelihood._target_
+        for p in (CONF / "likelihood").glob("*.yaml")
+    } == classes
     assert get_object(settings.DataSchema._target_) is ImageDataModule
 
 
@@ -92,7 +115,7 @@ def test_configs_state_only_what_they_change(name):
     )
     node = {"model": settings.ModelSchema, "data": settings.DataSchema}.get(group)
     if node is None:
-        node = settings.GaussianLikelihoodSchema if "sigma" in cfg.likelihood else settings.BernoulliLikelihoodSchema
+        node = LIKELIHOOD_SCHEMAS[cfg.likelihood._target_]
     raw = OmegaConf.load(CONF / name)
     for key in raw:
         if key == "defaults":
@@ -150,13 +173,25 @@ def test_each_choice_list_is_its_enum():
         ("likelihood.sigma_value=0", lambda: GaussianLikelihood((1, 4, 4), sigma_value=0.0)),
         ("likelihood.sigma_init=-1", lambda: GaussianLikelihood((1, 4, 4), sigma_init=-1.0)),
         ("likelihood.log_sigma_min=3", lambda: GaussianLikelihood((1, 4, 4), log_sigma_min=3.0)),
+        (
+            "likelihood=gaussian_low_rank likelihood.rank=0",
+            lambda: likelihoods.GaussianLowRankLikelihood((1, 4, 4), rank=0),
+        ),
+        (
+            "likelihood=gaussian_low_rank likelihood.log_sigma_min=3",
+            lambda: likelihoods.GaussianLowRankLikelihood((1, 4, 4), log_sigma_min=3.0),
+        ),
+        (
+            "likelihood=discretized_logistic likelihood.components=0",
+            lambda: likelihoods.DiscretizedLogisticLikelihood((1, 4, 4), levels=256, components=0),
+        ),
         ("data.batch_size=0", lambda: ImageDataModule(SimpleNamespace(load=None), batch_size=0)),
         ("data.eval_batch_size=0", lambda: ImageDataModule(SimpleNamespace(load=None), eval_batch_size=0)),
         ("data.val_fraction=1.5", lambda: ImageDataModule(SimpleNamespace(load=None), val_fraction=1.5)),
     ],
 )
 def test_constructors_check_the_ranges_validate_checks(override, build):
-    cfg = composed("train", override)
+    cfg = composed("train", *override.split())
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/unused"
     with pytest.raises(ConfigError) as at_start_up:
@@ -164,7 +199,7 @@ def test_constructors_check_the_ranges_validate_checks(override, build):
     with pytest.raises(ConfigError) as in_constructor:
         build()
     assert str(in_constructor.value) == str(at_start_up.value)
-    assert override.split("=")[0] in str(at_start_up.value)
+    assert override.split()[-1].split("=")[0] in str(at_start_up.value)
 
 
 def test_choices_are_checked_against_the_enums():
