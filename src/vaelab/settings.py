@@ -92,6 +92,8 @@ class GaussianLowRankLikelihoodSchema:
     _target_: str = "vaelab.model.likelihoods.GaussianLowRankLikelihood"
     # columns of the per-image factor U (covariance diag(sigma^2) + U U^T)
     rank: int = 10
+    # U = factor_scale * (the decoder's raw columns) / sqrt(rank)
+    factor_scale: float = 1.0
     sigma_init: float = 0.1
     log_sigma_min: float = -6.0
     log_sigma_max: float = 2.0
@@ -198,6 +200,7 @@ RANGES: dict[str, Range] = {
     "likelihood.sigma_value": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.sigma_init": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.rank": Range(int, lambda v: v >= 1, ">= 1"),
+    "likelihood.factor_scale": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.components": Range(int, lambda v: v >= 1, ">= 1"),
     "data.batch_size": Range(int, lambda v: v >= 1, ">= 1"),
     "data.eval_batch_size": Range(int, lambda v: v >= 1, ">= 1"),

@@ -349,10 +349,15 @@ class GaussianLowRankLikelihood(Likelihood):
 
     The decoder outputs 2 + rank channels per data channel: the mean, the raw log-sigma
     (soft-clamped to (``log_sigma_min``, ``log_sigma_max``), as sigma=predicted's) and
-    the rank columns of U, each laid out like the image. The raw columns are divided
-    by sqrt(rank): the variance U adds to a pixel, sum_k U_dk^2, then starts at the
-    scale of one raw output whatever the rank, so a higher rank does not start with
-    noisier images.
+    the rank columns of U, each laid out like the image. U is the raw columns times
+    ``factor_scale`` / sqrt(rank): the variance U adds to a pixel, sum_k U_dk^2, then
+    starts at the scale of factor_scale^2 times one raw output's whatever the rank, so
+    a higher rank does not start with noisier images. Training was stable on digits
+    (MLP, 30 epochs) at factor_scale 1, 0.1 and 0.01, ranks 2 and 10, and with the
+    mean-image start; in every one of them the posterior all but collapsed (test KL
+    0.3-1.7 nats, against 5.5 for sigma=predicted): a rank-10 Gaussian of 8x8 digits
+    is a fair density of them without z (factor analysis), so a VAE with this decoder
+    may need KL warm-up or free bits to use its latents.
 
     ``init_output_bias_by_default`` is False (as for the Gaussian's sigma modes but
     predicted: not measured against the plain loop for this decoder); with
@@ -364,6 +369,7 @@ class GaussianLowRankLikelihood(Likelihood):
         self,
         image_shape: tuple[int, int, int],
         rank: int = GaussianLowRankLikelihoodSchema.rank,
+        factor_scale: float = GaussianLowRankLikelihoodSchema.factor_scale,
         sigma_init: float = GaussianLowRankLikelihoodSchema.sigma_init,
         log_sigma_min: float = GaussianLowRankLikelihoodSchema.log_sigma_min,
         log_sigma_max: float = GaussianLowRankLikelihoodSchema.log_sigma_max,
@@ -371,9 +377,12 @@ class GaussianLowRankLikelihood(Likelihood):
     ):
         super().__init__(image_shape)
         check_range("likelihood.rank", rank)
+        check_range("likelihood.factor_scale", factor_scale)
         check_range("likelihood.sigma_init", sigma_init)
         check_log_sigma_bounds(log_sigma_min, log_sigma_max)
         self.rank = int(rank)
+        #: what multiplies the decoder's raw columns of U
+        self.factor_multiplier = float(factor_scale) / math.sqrt(self.rank)
         self.initial_log_sigma = math.log(sigma_init)
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
@@ -394,7 +403,7 @@ class GaussianLowRankLikelihood(Likelihood):
         channels = self.image_shape[0]
         out = decoder_out.float()
         mean, raw_log_sigma = out[:, :channels], out[:, channels : 2 * channels]
-        factor = out[:, 2 * channels :].unflatten(1, (self.rank, channels)) / math.sqrt(self.rank)
+        factor = out[:, 2 * channels :].unflatten(1, (self.rank, channels)) * self.factor_multiplier
         return mean, maths.soft_clamp(raw_log_sigma, self.log_sigma_min, self.log_sigma_max), factor
 
     def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
@@ -451,11 +460,13 @@ class DiscretizedLogisticLikelihood(Likelihood):
     soft floor ``log_scale_min``: a mass is at most 1, so it cannot run away as a
     density can; the floor only keeps the scale representable.
 
-    ``mean`` is the exact mean of the discretised mixture (a sum over the levels, about
-    ``levels`` sigmoids per number and component); ``sample`` a draw quantised to the
-    levels, in [0, 1]. ``init_output_bias_by_default`` is False (not measured); the
-    output bias puts every component at the mean image with a scale of one bin, so the
-    mean starts within a bin of the data's mean.
+    ``mean`` is the exact mean of the discretised mixture (a sum over the levels,
+    ``levels - 1`` sigmoids per number and component: 4.4 s per 1000 28x28 images of
+    256 levels with 5 components on the 2-core CPU, 30x the log-mass; for digits, 16
+    sigmoids per number and component); ``sample`` a draw quantised to the levels, in
+    [0, 1]. ``init_output_bias_by_default`` is False (not measured); the output bias
+    puts every component at the mean image with a scale of one bin, so the mean starts
+    within a bin of the data's mean.
     """
 
     def __init__(

