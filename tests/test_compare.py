@@ -31,7 +31,7 @@ PLOTS = ("rate_distortion.png", "elbo_nll_vs_beta.png", "montage.png")
 # -- job folders in the formats vaelab-train writes -------------------------------------
 #: likelihood classes beyond the Gaussian and the Bernoulli, by the name their runs state
 LIKELIHOOD_CLASSES = {
-    "low_rank_gaussian": "LowRankGaussianLikelihood",
+    "gaussian_low_rank": "GaussianLowRankLikelihood",
     "discretized_logistic": "DiscretizedLogisticLikelihood",
     "discretized_logistic_mixture": "DiscretizedLogisticMixtureLikelihood",
     "continuous_bernoulli": "ContinuousBernoulliLikelihood",
@@ -40,7 +40,7 @@ LIKELIHOOD_CLASSES = {
 DATA_MODELS = {
     "gaussian": "dequantised",
     "bernoulli": "binarised (dynamic)",
-    "low_rank_gaussian": "dequantised",
+    "gaussian_low_rank": "dequantised",
     "discretized_logistic": "discrete",
     "discretized_logistic_mixture": "discrete",
     "continuous_bernoulli": "dequantised",
@@ -877,7 +877,7 @@ def test_describe_job_states_a_rank_and_components_only_where_the_likelihood_has
 
     from vaelab.run_record import describe_job
 
-    class LowRankGaussianLikelihood:
+    class GaussianLowRankLikelihood:
         sigma_mode = None
         rank = 8
 
@@ -885,7 +885,7 @@ def test_describe_job_states_a_rank_and_components_only_where_the_likelihood_has
             return "dequantised"
 
     class DiscretizedLogisticMixtureLikelihood:
-        num_components = 5
+        components = 5
 
         def data_model(self):
             return "discrete"
@@ -899,12 +899,12 @@ def test_describe_job_states_a_rank_and_components_only_where_the_likelihood_has
     cfg = OmegaConf.create({"seed": 3, "likelihood": {}})
     data = SimpleNamespace(source=SimpleNamespace(name="mnist"))
     runs = {}
-    for likelihood in (LowRankGaussianLikelihood(), DiscretizedLogisticMixtureLikelihood(), GaussianLikelihood()):
+    for likelihood in (GaussianLowRankLikelihood(), DiscretizedLogisticMixtureLikelihood(), GaussianLikelihood()):
         model = SimpleNamespace(likelihood=likelihood, beta=1.0, init_output_bias=False)
         run = describe_job(cfg, model, data)
         runs[run["likelihood"]] = run
-    assert set(runs) == {"low_rank_gaussian", "discretized_logistic_mixture", "gaussian"}
-    assert runs["low_rank_gaussian"]["rank"] == 8 and "components" not in runs["low_rank_gaussian"]
+    assert set(runs) == {"gaussian_low_rank", "discretized_logistic_mixture", "gaussian"}
+    assert runs["gaussian_low_rank"]["rank"] == 8 and "components" not in runs["gaussian_low_rank"]
     assert (
         runs["discretized_logistic_mixture"]["components"] == 5 and "rank" not in runs["discretized_logistic_mixture"]
     )
@@ -913,7 +913,7 @@ def test_describe_job_states_a_rank_and_components_only_where_the_likelihood_has
     # and the legends vaelab-compare makes of them
     labels = {name: compare.decoder_label(name, compare.sigma_label(run), run) for name, run in runs.items()}
     assert labels == {
-        "low_rank_gaussian": "Gaussian, low rank (rank 8)",
+        "gaussian_low_rank": "Gaussian, low rank (rank 8)",
         "discretized_logistic_mixture": "discretised logistic mixture (5 components)",
         "gaussian": "Gaussian, sigma learned_shared",
     }
@@ -923,8 +923,8 @@ def test_decoder_labels_of_every_likelihood(tmp_path):
     root = tmp_path / "decoders"
     make_job(root, "g", ["likelihood=gaussian"])
     make_job(root, "b", ["likelihood=bernoulli"], likelihood="bernoulli")
-    make_job(root, "lr", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian", states={"rank": 4})
-    make_job(root, "lr_plain", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian")
+    make_job(root, "lr", ["likelihood=gaussian_low_rank"], likelihood="gaussian_low_rank", states={"rank": 4})
+    make_job(root, "lr_plain", ["likelihood=gaussian_low_rank"], likelihood="gaussian_low_rank")
     make_job(root, "dl", ["likelihood=discretized_logistic"], likelihood="discretized_logistic")
     make_job(
         root,
@@ -953,7 +953,7 @@ def test_a_probability_mass_and_dequantised_densities_of_the_same_integers_rank_
     those of a mass) are of the same data; binarised or undequantised data are not."""
     root = tmp_path / "groups"
     make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0)
-    make_job(root, "lowrank", ["likelihood=low_rank_gaussian"], likelihood="low_rank_gaussian", nll=100.0)
+    make_job(root, "lowrank", ["likelihood=gaussian_low_rank"], likelihood="gaussian_low_rank", nll=100.0)
     make_job(root, "cb", ["likelihood=continuous_bernoulli"], likelihood="continuous_bernoulli", nll=110.0)
     make_job(root, "logistic", ["likelihood=discretized_logistic"], likelihood="discretized_logistic", nll=90.0)
     make_job(root, "raw", ["likelihood=gaussian", "likelihood.dequantize=false"], data_model="not dequantised", nll=5.0)
@@ -991,13 +991,13 @@ def quality_sweep(tmp_path) -> Path:
     """Four decoders with sample quality logged, and an older job without it."""
     root = tmp_path / "quality"
     root.mkdir()
-    multirun_yaml(root, ["likelihood=gaussian,low_rank_gaussian,discretized_logistic,continuous_bernoulli,old"])
+    multirun_yaml(root, ["likelihood=gaussian,gaussian_low_rank,discretized_logistic,continuous_bernoulli,old"])
     make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0, extra_metrics=quality(30.0, 8.0, 0.5, 0.9))
     make_job(
         root,
         "lowrank",
-        ["likelihood=low_rank_gaussian"],
-        likelihood="low_rank_gaussian",
+        ["likelihood=gaussian_low_rank"],
+        likelihood="gaussian_low_rank",
         states={"rank": 4},
         nll=100.0,
         extra_metrics=quality(12.0, 3.0, 0.9, 1.3),

@@ -523,3 +523,31 @@ def test_the_new_likelihoods_train_through_the_command_line(train, tmp_path):
             assert (run_dir / "images" / image).stat().st_size > 1000, (run_dir, image)
         assert (run_dir / "images" / "sigma_map.png").exists() == (summary["run"]["likelihood"] == "gaussianlowrank")
     assert seen == {"gaussianlowrank", "discretizedlogistic", "continuousbernoulli"}
+
+
+def test_every_likelihood_is_named_and_labelled_as_vaelab_compare_reads_it():
+    """The name a run states (from the class) is one vaelab-compare has a legend for,
+    and it is the likelihood= config's name; rank and components reach the record."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from vaelab.compare.job import decoder_label
+    from vaelab.job_record import likelihood_name
+    from vaelab.run_record import describe_job
+
+    shape = (1, 8, 8)
+    cases = {
+        "gaussian_low_rank": (GaussianLowRankLikelihood(shape, rank=3), "Gaussian, low rank (rank 3)"),
+        "discretized_logistic": (DiscretizedLogisticLikelihood(shape, levels=17, components=4), "discretised logistic"),
+        "continuous_bernoulli": (ContinuousBernoulliLikelihood(shape), "continuous Bernoulli"),
+    }
+    for config_name, (likelihood, label) in cases.items():
+        kind = likelihood_name(type(likelihood).__name__)
+        assert kind == config_name
+        model = SimpleNamespace(likelihood=likelihood, beta=1.0, init_output_bias=False)
+        run = describe_job(OmegaConf.create({"seed": 1}), model, SimpleNamespace(source=None))
+        assert run["likelihood"] == kind
+        assert decoder_label(kind, "", run).startswith(label), decoder_label(kind, "", run)
+        if config_name == "discretized_logistic":
+            assert run["components"] == 4 and "rank" not in run

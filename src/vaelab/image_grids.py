@@ -116,7 +116,8 @@ class ImageGrids(pl.Callback):
         )[0]
         paths = {name: save_png(page, self.dirpath / f"{name}{suffix}.png") for name, page in panels.items()}
         if sigma is not None:
-            mode = getattr(pl_module.likelihood, "sigma_mode", "")
+            # a low-rank Gaussian has no sigma mode: its map is each pixel's marginal std
+            mode = getattr(pl_module.likelihood, "sigma_mode", None) or "marginal, diagonal + low rank"
             paths["sigma_map"] = save_sigma_map(
                 sigma, self.dirpath / f"sigma_map{suffix}.png", f"Decoder sigma ({mode})\n{when}"
             )

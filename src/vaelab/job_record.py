@@ -50,8 +50,8 @@ _attempts: dict[str, dict[str, Any]] = {}
 
 def likelihood_name(class_name: str) -> str:
     """How a run names its likelihood: the class name without ``Likelihood``, in snake
-    case (``GaussianLikelihood`` -> ``gaussian``, ``LowRankGaussianLikelihood`` ->
-    ``low_rank_gaussian``). vaelab-train states it, and vaelab-compare names a job that
+    case (``GaussianLikelihood`` -> ``gaussian``, ``GaussianLowRankLikelihood`` ->
+    ``gaussian_low_rank``). vaelab-train states it, and vaelab-compare names a job that
     does not state it from its config's ``_target_``, so both must spell it alike."""
     stem = class_name.rpartition(".")[2].removesuffix("Likelihood")
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", stem))

@@ -58,7 +58,7 @@ def describe_job(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]
     vaelab-compare's labels."""
     likelihood = model.likelihood
     sigma = getattr(likelihood, "sigma_mode", None)
-    structure = {"rank": getattr(likelihood, "rank", None), "components": getattr(likelihood, "num_components", None)}
+    structure = {"rank": getattr(likelihood, "rank", None), "components": getattr(likelihood, "components", None)}
     return {
         **describe_run(cfg, model, datamodule),
         "sigma_value": OmegaConf.select(cfg, "likelihood.sigma_value") if sigma == "fixed" else None,

@@ -83,7 +83,7 @@ def sigma_label(run: dict[str, Any]) -> str:
 #: how legends name a likelihood (its run's ``likelihood``); others by their name in words
 _DECODER_NAMES = {
     "gaussian": "Gaussian",
-    "low_rank_gaussian": "Gaussian, low rank",
+    "gaussian_low_rank": "Gaussian, low rank",
     "discretized_logistic": "discretised logistic",
     "discretized_logistic_mixture": "discretised logistic mixture",
     "continuous_bernoulli": "continuous Bernoulli",
@@ -176,7 +176,7 @@ def load_job(job_dir: str | Path, sweep: str | Path | None = None) -> dict[str, 
 
     ``job`` (path relative to ``sweep``), ``path``, ``sweep``, ``status``, ``message``
     (why it failed or stopped, or what could not be read), ``likelihood``
-    (``gaussian``, ``bernoulli``, ``low_rank_gaussian``...), ``sigma`` (sigma mode,
+    (``gaussian``, ``bernoulli``, ``gaussian_low_rank``...), ``sigma`` (sigma mode,
     with a fixed sigma's value; empty for a likelihood without one), ``decoder`` (the
     two together, for plot legends: :func:`decoder_label`), ``seed``, ``data`` (the
     data set), ``data_model`` (``dequantised``, ``discrete``, ``binarised
