@@ -176,7 +176,7 @@ def test_wandb_gets_each_panel_under_its_own_key_at_the_step_it_was_made(train, 
             assert items[f"{key}/count"] == 1, key  # one image a key: nothing for W&B to mismatch
             logged.setdefault(key, []).append((items["trainer/global_step"], items[f"{key}/captions"][0]))
     epochs = [(steps_per_epoch * e, f"_epoch{e:03d}") for e in (1, 2)]
-    for name in ("reconstructions", "samples", "sigma_map"):
+    for name in ("reconstructions", "samples", "px_samples", "sigma_map"):
         # each epoch's panels at that epoch's step; the end of training's are the same
         # weights at the same step as the last epoch's, logged once
         assert logged.pop(f"images/{name}") == [(step, name + suffix) for step, suffix in epochs]

@@ -521,8 +521,8 @@ def test_the_new_likelihoods_train_through_the_command_line(train, tmp_path):
         assert data_model in ("discrete", "dequantised")
         for image in ("reconstructions.png", "samples.png"):
             assert (run_dir / "images" / image).stat().st_size > 1000, (run_dir, image)
-        assert (run_dir / "images" / "sigma_map.png").exists() == (summary["run"]["likelihood"] == "gaussianlowrank")
-    assert seen == {"gaussianlowrank", "discretizedlogistic", "continuousbernoulli"}
+        assert (run_dir / "images" / "sigma_map.png").exists() == (summary["run"]["likelihood"] == "gaussian_low_rank")
+    assert seen == {"gaussian_low_rank", "discretized_logistic", "continuous_bernoulli"}
 
 
 def test_every_likelihood_is_named_and_labelled_as_vaelab_compare_reads_it():

@@ -22,7 +22,13 @@ class FrechetDistance:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.metric = FrechetInceptionDistance(
-            feature=features, normalize=True, input_img_size=tuple(image_shape), reset_real_features=False
+            feature=features,
+            normalize=True,
+            input_img_size=tuple(image_shape),
+            reset_real_features=False,
+            # measured by one process (rank zero of a DDP run) on every image: its
+            # compute must not wait for the other processes' (absent) features
+            sync_on_compute=False,
         )
         for batch in real:
             self.metric.update(batch.float(), real=True)
