@@ -70,7 +70,12 @@ def measure_sample_quality(
     real = [intensities(test_images[a:b], levels) for a, b in _chunks(n, batch_size)]
     generated = generated_images(model, test_images, n, seed, batch_size)
     reference = mean_laplacian_variance(real)
-    metrics = {f"sharpness_{name}": mean_laplacian_variance(images) / reference for name, images in generated.items()}
+    # test images without any detail (flat colours) have no sharpness to be relative to
+    metrics = (
+        {f"sharpness_{name}": mean_laplacian_variance(images) / reference for name, images in generated.items()}
+        if reference > 0
+        else {}
+    )
     if classifier is not None:
         fid = FrechetDistance(Features(classifier.network), tuple(test_images.shape[1:]), real)
         metrics.update({f"fid_{name}": fid(images) for name, images in generated.items()})
