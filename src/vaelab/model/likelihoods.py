@@ -46,15 +46,6 @@ def _noise(
     return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-def _dequantized(images: Tensor, levels: int, dequantize: bool) -> Tensor:
-    """The inputs of a density on [0, 1]: uniformly dequantised, (x + u) / levels, a
-    bound on the discrete likelihood in which no pixel is ever exactly constant; or
-    x / (levels - 1), which bounds nothing."""
-    if dequantize:
-        return (images.float() + torch.rand(images.shape, device=images.device)) / levels
-    return images.float() / (levels - 1)
-
-
 class Likelihood(nn.Module):
     """Interface shared by the likelihoods (see module docstring)."""
 
@@ -115,6 +106,31 @@ class Likelihood(nn.Module):
         return None
 
 
+class DequantizedDensity(Likelihood):
+    """A density on [0, 1] of integer pixel values (the Gaussians, the continuous
+    Bernoulli): with ``dequantize`` (the default) it scores (x + u) / levels, u ~ U(0, 1),
+    a bound on the likelihood of the integers in which no pixel is ever exactly
+    constant, and bits/dim add the correction D log levels; without, it scores
+    x / (levels - 1), which bounds nothing, and gets no correction. One class so that
+    every such density prepares, corrects and names its data the same way, and their
+    bits/dim compare."""
+
+    def __init__(self, image_shape: tuple[int, int, int], dequantize: bool):
+        super().__init__(image_shape)
+        self.dequantize = bool(dequantize)
+
+    def prepare(self, images: Tensor, levels: int) -> Tensor:
+        if self.dequantize:
+            return (images.float() + torch.rand(images.shape, device=images.device)) / levels
+        return images.float() / (levels - 1)
+
+    def dequantization_levels(self, levels: int) -> int | None:
+        return levels if self.dequantize else None
+
+    def data_model(self) -> str:
+        return "dequantised" if self.dequantize else "not dequantised"
+
+
 class BernoulliLikelihood(Likelihood):
     """Bernoulli decoder for binary images; the decoder outputs logits.
 
@@ -159,7 +175,7 @@ class BernoulliLikelihood(Likelihood):
         return "binary" if self.binarize == "none" else f"binarised ({self.binarize})"
 
 
-class GaussianLikelihood(Likelihood):
+class GaussianLikelihood(DequantizedDensity):
     """Diagonal Gaussian decoder N(x; mu(z), sigma^2) with the full log-density.
 
     sigma modes:
@@ -189,7 +205,7 @@ class GaussianLikelihood(Likelihood):
         optimal_shape: OptimalShape | str = GaussianLikelihoodSchema.optimal_shape,
         dequantize: bool = GaussianLikelihoodSchema.dequantize,
     ):
-        super().__init__(image_shape)
+        super().__init__(image_shape, dequantize)
         sigma = check_choice("likelihood.sigma", sigma, SigmaMode)
         optimal_shape = check_choice("likelihood.optimal_shape", optimal_shape, OptimalShape)
         check_range("likelihood.sigma_value", sigma_value)
@@ -199,7 +215,6 @@ class GaussianLikelihood(Likelihood):
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
         self.optimal_shape = optimal_shape
-        self.dequantize = dequantize
         self.params_per_channel = 2 if sigma == "predicted" else 1
         self.initial_log_sigma = math.log(sigma_init)
 
@@ -216,10 +231,6 @@ class GaussianLikelihood(Likelihood):
             #: the latest training batch's MSE (what training scored with), for logging
             self._batch_mse: Tensor | None = None
 
-    # -- data -------------------------------------------------------------------------
-    def prepare(self, images: Tensor, levels: int) -> Tensor:
-        return _dequantized(images, levels, self.dequantize)
-
     @property
     def init_output_bias_by_default(self) -> bool:  # type: ignore[override]
         """Only a predicted sigma starts at the mean image (with log-sigma at
@@ -228,12 +239,6 @@ class GaussianLikelihood(Likelihood):
         collapses or sets back the posterior of every other sigma mode on MNIST, and
         trains a predicted sigma better, with more active units."""
         return self.sigma_mode == "predicted"
-
-    def dequantization_levels(self, levels: int) -> int | None:
-        return levels if self.dequantize else None
-
-    def data_model(self) -> str:
-        return "dequantised" if self.dequantize else "not dequantised"
 
     # -- the decoder's output ------------------------------------------------------------
     def output_bias(self, data_mean: Tensor) -> Tensor:
@@ -332,7 +337,7 @@ class GaussianLikelihood(Likelihood):
         return None
 
 
-class GaussianLowRankLikelihood(Likelihood):
+class GaussianLowRankLikelihood(DequantizedDensity):
     """Gaussian decoder with a low-rank plus diagonal covariance per image (structured
     uncertainty: Dorta et al., CVPR 2018; SOS-VAE, TMLR 2022):
 
@@ -375,7 +380,7 @@ class GaussianLowRankLikelihood(Likelihood):
         log_sigma_max: float = GaussianLowRankLikelihoodSchema.log_sigma_max,
         dequantize: bool = GaussianLowRankLikelihoodSchema.dequantize,
     ):
-        super().__init__(image_shape)
+        super().__init__(image_shape, dequantize)
         check_range("likelihood.rank", rank)
         check_range("likelihood.factor_scale", factor_scale)
         check_range("likelihood.sigma_init", sigma_init)
@@ -386,17 +391,7 @@ class GaussianLowRankLikelihood(Likelihood):
         self.initial_log_sigma = math.log(sigma_init)
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
-        self.dequantize = dequantize
         self.params_per_channel = 2 + self.rank
-
-    def prepare(self, images: Tensor, levels: int) -> Tensor:
-        return _dequantized(images, levels, self.dequantize)
-
-    def dequantization_levels(self, levels: int) -> int | None:
-        return levels if self.dequantize else None
-
-    def data_model(self) -> str:
-        return "dequantised" if self.dequantize else "not dequantised"
 
     def parts(self, decoder_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The mean (B, C, H, W), log-sigma (B, C, H, W) and U^T (B, rank, C, H, W)."""
@@ -532,7 +527,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
         )
 
 
-class ContinuousBernoulliLikelihood(Likelihood):
+class ContinuousBernoulliLikelihood(DequantizedDensity):
     """The continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019) for data in [0, 1]:
     p(x|lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x), the decoder outputs the logits
     of lambda. "BCE on grey images" scores grey data with a Bernoulli, which is no
@@ -551,17 +546,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
     def __init__(
         self, image_shape: tuple[int, int, int], dequantize: bool = ContinuousBernoulliLikelihoodSchema.dequantize
     ):
-        super().__init__(image_shape)
-        self.dequantize = dequantize
-
-    def prepare(self, images: Tensor, levels: int) -> Tensor:
-        return _dequantized(images, levels, self.dequantize)
-
-    def dequantization_levels(self, levels: int) -> int | None:
-        return levels if self.dequantize else None
-
-    def data_model(self) -> str:
-        return "dequantised" if self.dequantize else "not dequantised"
+        super().__init__(image_shape, dequantize)
 
     def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
         return maths.continuous_bernoulli_log_prob(x, decoder_out.float())
