@@ -992,32 +992,22 @@ def quality_sweep(tmp_path) -> Path:
     root = tmp_path / "quality"
     root.mkdir()
     multirun_yaml(root, ["likelihood=gaussian,gaussian_low_rank,discretized_logistic,continuous_bernoulli,old"])
-    make_job(root, "gauss", ["likelihood=gaussian"], nll=120.0, extra_metrics=quality(30.0, 8.0, 0.5, 0.9))
-    make_job(
-        root,
-        "lowrank",
-        ["likelihood=gaussian_low_rank"],
-        likelihood="gaussian_low_rank",
-        states={"rank": 4},
-        nll=100.0,
-        extra_metrics=quality(12.0, 3.0, 0.9, 1.3),
-    )
-    make_job(
-        root,
-        "logistic",
-        ["likelihood=discretized_logistic"],
-        likelihood="discretized_logistic",
-        nll=90.0,
-        extra_metrics=quality(20.0, 2.0, 2.5, 1.05),
-    )
-    make_job(
-        root,
-        "cb",
-        ["likelihood=continuous_bernoulli"],
-        likelihood="continuous_bernoulli",
-        nll=110.0,
-        extra_metrics=quality(45.0, 5.0, 1.05, 0.7),
-    )
+    decoders = [  # folder, likelihood, its recorded state, NLL, FID of samples and recon, sharpness
+        ("gauss", "gaussian", {}, 120.0, quality(30.0, 8.0, 0.5, 0.9)),
+        ("lowrank", "gaussian_low_rank", {"rank": 4}, 100.0, quality(12.0, 3.0, 0.9, 1.3)),
+        ("logistic", "discretized_logistic", {}, 90.0, quality(20.0, 2.0, 2.5, 1.05)),
+        ("cb", "continuous_bernoulli", {}, 110.0, quality(45.0, 5.0, 1.05, 0.7)),
+    ]
+    for folder, likelihood, states, nll, metrics in decoders:
+        make_job(
+            root,
+            folder,
+            [f"likelihood={likelihood}"],
+            likelihood=likelihood,
+            states=states,
+            nll=nll,
+            extra_metrics=metrics,
+        )
     make_job(root, "old", ["likelihood=gaussian", "model.beta=2"], beta=2.0, nll=130.0)  # logged none of them
     return root
 
