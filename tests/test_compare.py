@@ -807,7 +807,7 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
     (sweep,) = [p.parent for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/multirun.yaml")]
     proc = run_cli("vaelab-compare", str(sweep), cwd=tmp_path)
     folder = sweep / "compare"
-    for name in ("table.md", "table.csv", *PLOTS):
+    for name in ("table.md", "table.csv", *PLOTS, "likelihood_vs_quality.png"):
         assert str(folder / name) in proc.stdout
     rows = list(csv.DictReader((folder / "table.csv").open()))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
@@ -831,7 +831,7 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     pngs = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(pngs) == 3  # rate-distortion, ELBO/NLL against beta, montage
+    assert len(pngs) == 4  # rate-distortion, ELBO/NLL against beta, montage, likelihood against quality
     markdown = [out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})]
     assert len(markdown) == 1 and markdown[0].count("| done |") == 4
 
