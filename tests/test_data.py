@@ -493,6 +493,11 @@ def test_datamodule_split_is_deterministic_disjoint_and_loaded_once():
     other = ImageDataModule(InMemory(), seed=6)
     other.setup("fit")
     assert not torch.equal(other.val_labels, dm.val_labels)
+    # train and val together are the source's training split, in its order, whatever the seed
+    assert ImageDataModule(InMemory()).whole_training_split() is None
+    for module in (dm, other):
+        images, labels = module.whole_training_split()
+        assert torch.equal(images, source.arrays.train_images) and torch.equal(labels, source.arrays.train_labels)
 
     loaders = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
     assert [len(x) for x in loaders] == [6, 1, 2]

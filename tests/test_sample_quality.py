@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from vaelab.data.datamodule import ImageDataModule
+from vaelab.data.sources import Digits
 from vaelab.quality import feature_net
+from vaelab.quality.callback import SampleQuality
 from vaelab.quality.feature_net import Features, data_checksum, load_or_train, train_classifier
 from vaelab.quality.fid import FrechetDistance
 from vaelab.quality.sharpness import laplacian_variance, sharpness_ratio
@@ -137,3 +140,17 @@ def test_training_the_classifier_leaves_the_callers_random_stream_alone(digits):
     torch.manual_seed(5)
     train_classifier(*digits, levels=17, steps=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_every_seed_of_a_data_set_is_scored_by_one_classifier(tmp_path):
+    """The seed chooses the validation images, so a classifier trained on the training
+    split alone would differ from seed to seed: trained on train and val together."""
+    trained = []
+    for seed in (1, 2):
+        datamodule = ImageDataModule(Digits(), val_fraction=0.2, seed=seed)
+        datamodule.setup("fit")
+        quality = SampleQuality(cache_dir=tmp_path, classifier_steps=5)
+        trained.append(quality.classifier(datamodule))
+    assert [p.name for p in tmp_path.glob("*.pt")] == [next(tmp_path.glob("*.pt")).name]
+    first, second = (found.network.state_dict() for found in trained)
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -50,6 +50,14 @@ def _requires(factory: Callable[..., object], name: str) -> bool:
     return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
+def _interleaved(kept: torch.Tensor, held_out: torch.Tensor, keep: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """The tensor that :func:`holdout_split`'s ``keep`` and ``val`` indices split into
+    ``kept`` and ``held_out``, put back together."""
+    whole = kept.new_empty((keep.numel() + val.numel(), *kept.shape[1:]))
+    whole[keep], whole[val] = kept, held_out
+    return whole
+
+
 def _split_tensor(key: str) -> property:
     def get(self: ImageDataModule) -> torch.Tensor | None:
         return None if self._splits is None else self._splits[key]
@@ -116,6 +124,22 @@ class ImageDataModule(pl.LightningDataModule):
     val_labels = _split_tensor("val_labels")
     test_images = _split_tensor("test_images")
     test_labels = _split_tensor("test_labels")
+
+    def whole_training_split(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The source's whole training split, train and val together, in the source's
+        order: the same images and labels whatever ``seed`` and ``val_fraction`` choose
+        for validation (None before ``setup``). For what must be one thing across the
+        seeds of a sweep, such as the classifier whose features the FID compares."""
+        if self._splits is None:
+            return None
+        train_images, val_images = self._splits["train_images"], self._splits["val_images"]
+        n = train_images.shape[0] + val_images.shape[0]
+        keep, val = holdout_split(n, self.val_fraction, self.seed)
+        keep, val = keep.to(train_images.device), val.to(train_images.device)
+        return tuple(  # type: ignore[return-value]
+            _interleaved(self._splits[f"train_{kind}"], self._splits[f"val_{kind}"], keep, val)
+            for kind in ("images", "labels")
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

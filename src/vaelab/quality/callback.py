@@ -46,7 +46,13 @@ class SampleQuality(pl.Callback):
         self.metrics: dict[str, float] = {}
 
     def classifier(self, datamodule: pl.LightningDataModule):  # type: ignore[no-untyped-def]
-        labels = datamodule.train_labels
+        """The data set's feature network, trained on its whole training split (train and
+        val): the training split alone is chosen by the seed, and a classifier per seed
+        would give the seeds of one setting different feature spaces (and FIDs that do
+        not compare)."""
+        whole = getattr(datamodule, "whole_training_split", None)
+        split = whole() if callable(whole) else None
+        images, labels = split if split is not None else (datamodule.train_images, datamodule.train_labels)
         if not self.fid or labels is None or int(labels.max()) == int(labels.min()):
             if self.fid:
                 log.warning("No FID: the training labels hold a single class, so no classifier can be trained.")
@@ -55,7 +61,7 @@ class SampleQuality(pl.Callback):
         name = getattr(source, "name", None) or type(source).__name__.lower()
         return load_or_train(
             name,
-            datamodule.train_images,
+            images,
             labels,
             datamodule.test_images,
             datamodule.test_labels,
