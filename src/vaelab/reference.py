@@ -3,9 +3,10 @@
 No Lightning, no callbacks, no vaelab initialisation: the encoder, decoder and
 likelihood are built from the same config (so the networks and the log-density are
 the same objects), weights keep PyTorch's default initialisation, and the loop is the
-textbook one: shuffled minibatches, loss = beta * KL - E_q[log p(x|z)], Adam from the
-config, one validation pass per epoch, the weights of the best validation ELBO scored
-on the test set. ``sigma=optimal`` is evaluated with the training-set MSE of the
+textbook one: shuffled minibatches, loss = beta * KL - E_q[log p(x|z)] (or, with
+``model.train_iw_samples`` k > 1, the k-sample IWAE bound, written out on its own
+with DReG's gradient), Adam from the config, one validation pass per epoch, the
+weights of the best validation ELBO scored on the test set. ``sigma=optimal`` is evaluated with the training-set MSE of the
 weights being scored, measured here with its own few lines.
 
 Tests train the same config with ``vaelab-train`` and with :func:`train_reference` and
@@ -71,6 +72,32 @@ class ReferenceVAE(nn.Module):
         else:
             log_px = self.likelihood.log_prob(out, x)
         return log_px, maths.kl_standard_normal(mu, log_var), self.likelihood.mean(out), mu
+
+    def importance_weighted_loss(self, x: Tensor, k: int, dreg: bool) -> Tensor:
+        """The k-sample IWAE loss, -mean log (1/k) sum_j w_j, written out here on its own:
+        with ``dreg``, its gradients are set by two autograd.grad calls, the decoder's
+        from sum_j w~_j log w_j and the encoder's from sum_j w~_j^2 log w_j with q's
+        parameters held constant (Tucker et al., 2019), and the loss is returned detached."""
+        mu, log_var = self.encoder(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn((k, *mu.shape))
+        log_px = self.likelihood.log_prob(self.decoder(z.flatten(0, 1)), x.repeat(k, *([1] * (x.dim() - 1))))
+        q_mu, q_log_var = (mu.detach(), log_var.detach()) if dreg else (mu, log_var)
+        log_prior = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
+        log_q = -0.5 * ((z - q_mu).square() / q_log_var.exp() + q_log_var + math.log(2 * math.pi)).sum(-1)
+        log_w = log_px.view(k, -1) + log_prior - log_q
+        loss = -(torch.logsumexp(log_w, dim=0) - math.log(k)).mean()
+        if not dreg:
+            return loss
+        weights = torch.softmax(log_w.detach(), dim=0)
+        encoder = list(self.encoder.parameters())
+        rest = [p for p in self.parameters() if p.requires_grad and all(p is not q for q in encoder)]
+        decoder_grads = torch.autograd.grad(
+            -(weights * log_w).sum(0).mean(), rest, retain_graph=True, allow_unused=True
+        )
+        encoder_grads = torch.autograd.grad(-(weights.square() * log_w).sum(0).mean(), encoder)
+        for param, grad in zip([*rest, *encoder], [*decoder_grads, *encoder_grads]):
+            param.grad = grad
+        return loss.detach()
 
     @property
     def is_optimal(self) -> bool:
@@ -146,6 +173,9 @@ def train_reference(
             last.bias.copy_(bias.flatten() if isinstance(last, nn.Linear) else bias.mean(dim=(1, 2)))
     optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())
     batch_size = int(cfg.data.batch_size)
+    iw_samples = int(cfg.model.get("train_iw_samples", 1))
+    gradient = cfg.model.get("iw_gradient", "standard")
+    dreg = getattr(gradient, "value", gradient) == "dreg"
     generator = torch.Generator().manual_seed(seed)
     best: tuple[float, int, dict] = (-math.inf, -1, {})
     history: list[float] = []
@@ -153,12 +183,16 @@ def train_reference(
         model.train()
         for batch in _batches(train_images, batch_size, generator):
             x = model.likelihood.prepare(batch, levels)
-            log_px, kl_per_dim, _, _ = model.terms(x)
-            loss = model.beta * kl_per_dim.sum(dim=1).mean() - log_px.mean()
+            optimizer.zero_grad(set_to_none=True)
+            if iw_samples > 1:
+                loss = model.importance_weighted_loss(x, iw_samples, dreg)
+            else:
+                log_px, kl_per_dim, _, _ = model.terms(x)
+                loss = model.beta * kl_per_dim.sum(dim=1).mean() - log_px.mean()
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"reference loop: non-finite loss at epoch {epoch}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:  # (DReG has set the gradients already)
+                loss.backward()
             optimizer.step()
         if model.is_optimal:
             _measure_optimal_mse(model, train_images, levels, eval_batch_size)

@@ -27,6 +27,7 @@ from vaelab.settings import (
     GaussianLikelihoodSchema,
     GaussianLowRankLikelihoodSchema,
     ModelSchema,
+    check_iw_training,
     check_log_sigma_bounds,
     default,
     range_error,
@@ -79,6 +80,19 @@ def validate(cfg: DictConfig) -> None:
     if channels_last is True and isinstance(encoder, str) and "Conv" not in encoder.rsplit(".", 1)[-1]:
         raise ConfigError(
             f"model.channels_last=true is for convolutional networks, but model.encoder is {encoder}; use model=conv"
+        )
+    samples = _select(cfg, "model.train_iw_samples")
+    if samples is not _MISSING and samples is not None:
+        check_iw_training(
+            samples,
+            *(
+                default if value is _MISSING else value
+                for value, default in (
+                    (_select(cfg, "model.beta"), 1.0),
+                    (_select(cfg, "model.free_bits"), 0.0),
+                    (_select(cfg, "model.kl_warmup_steps"), 0),
+                )
+            ),
         )
     # the Gaussian's and the low-rank Gaussian's log-sigma bounds
     lo, hi = _select(cfg, "likelihood.log_sigma_min"), _select(cfg, "likelihood.log_sigma_max")

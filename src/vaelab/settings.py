@@ -44,6 +44,13 @@ class OptimalShape(str, Enum):
     pixel = "pixel"
 
 
+class IWGradient(str, Enum):
+    """The gradient estimator of the importance-weighted training bound."""
+
+    standard = "standard"
+    dreg = "dreg"
+
+
 class Binarize(str, Enum):
     dynamic = "dynamic"
     static = "static"
@@ -123,6 +130,10 @@ class ModelSchema:
     free_bits: float = 0.0
     # 0: no importance-weighted bound in the test (conf/model/*.yaml ask for 100 samples)
     test_iw_samples: int = 0
+    # samples of the training objective: 1 is the VAE's ELBO, k > 1 the IWAE bound
+    train_iw_samples: int = 1
+    # its gradient: standard (autograd of the bound) or dreg (doubly reparameterised)
+    iw_gradient: IWGradient = IWGradient.standard
     # decoder outputs per chunk of the test-time IW bound: 2**22 floats (16 MB) per tensor;
     # 2**24 raised an MNIST run's peak memory by ~250 MB and was no faster (BENCHMARKS.md)
     iw_chunk_elements: int = 2**22
@@ -196,6 +207,7 @@ RANGES: dict[str, Range] = {
     "model.kl_warmup_steps": Range(int, lambda v: v >= 0, ">= 0"),
     "model.free_bits": Range(float, lambda v: v >= 0, ">= 0"),
     "model.test_iw_samples": Range(int, lambda v: v >= 0, ">= 0"),
+    "model.train_iw_samples": Range(int, lambda v: v >= 1, ">= 1"),
     "model.optimizer.lr": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.sigma_value": Range(float, lambda v: v > 0, "> 0"),
     "likelihood.sigma_init": Range(float, lambda v: v > 0, "> 0"),
@@ -244,3 +256,25 @@ def _has_type(value: Any, kind: type) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def check_iw_training(train_iw_samples: int, beta: float, free_bits: float, kl_warmup_steps: int) -> None:
+    """A ConfigError where the importance-weighted training bound (train_iw_samples > 1)
+    meets an objective it is not: the bound weighs log p(x, z) - log q(z|x) as a whole,
+    so there is no KL term for beta, free bits or a warm-up to act on."""
+    if int(train_iw_samples) <= 1:
+        return
+    changed = [
+        f"{key}={value}"
+        for key, value, default in (
+            ("model.beta", beta, 1.0),
+            ("model.free_bits", free_bits, 0.0),
+            ("model.kl_warmup_steps", kl_warmup_steps, 0),
+        )
+        if value != default
+    ]
+    if changed:
+        raise ConfigError(
+            f"model.train_iw_samples={train_iw_samples} trains the importance-weighted bound, which has no KL term "
+            f"to weigh: {', '.join(changed)} needs model.train_iw_samples=1"
+        )

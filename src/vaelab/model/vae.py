@@ -25,7 +25,7 @@ from vaelab.model.latents import LatentUsage
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
 from vaelab.model.training_sigma import measure_train_mse
 from vaelab.model.training_sums import TrainingSums
-from vaelab.settings import ModelSchema
+from vaelab.settings import IWGradient, ModelSchema, check_choice, check_iw_training, check_range
 
 EVAL_STAGES = ("val", "test")
 #: how an evaluation metric is reduced over the set: extremes are the set's, not a mean
@@ -48,6 +48,8 @@ class VAE(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = ModelSchema.optimizer,
         scheduler: Callable[..., Any] | None = ModelSchema.scheduler,
         test_iw_samples: int = ModelSchema.test_iw_samples,
+        train_iw_samples: int = ModelSchema.train_iw_samples,
+        iw_gradient: IWGradient | str = ModelSchema.iw_gradient,
         iw_chunk_elements: int = ModelSchema.iw_chunk_elements,
         init_output_bias: bool | None = ModelSchema.init_output_bias,
         compile: bool = ModelSchema.compile,
@@ -64,6 +66,11 @@ class VAE(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.test_iw_samples = int(test_iw_samples)
+        check_range("model.train_iw_samples", train_iw_samples)
+        check_iw_training(train_iw_samples, beta, free_bits, kl_warmup_steps)
+        #: samples of the training objective: 1 the ELBO, k > 1 the IWAE bound
+        self.train_iw_samples = int(train_iw_samples)
+        self.iw_gradient = check_choice("model.iw_gradient", iw_gradient, IWGradient)
         self.iw_chunk_elements = int(iw_chunk_elements)
         #: None: the likelihood's default (Likelihood.init_output_bias_by_default)
         self.init_output_bias = (
@@ -222,14 +229,37 @@ class VAE(pl.LightningModule):
             last.bias.copy_(bias.mean(dim=(1, 2)))
 
     # -- steps ---------------------------------------------------------------------------
+    def importance_weighted_step(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The IWAE objective of a training batch (``train_iw_samples`` > 1): the loss to
+        differentiate, the per-image mean of the bound, and the terms logged as the
+        ELBO's (E_q log p(x|z) over the K draws, the analytic KL)."""
+        loss, bound, samples = importance.importance_weighted_objective(
+            self, x, self.train_iw_samples, self.iw_gradient
+        )
+        with self.full_precision(x):
+            kl_per_dim = maths.kl_standard_normal(samples.mu.detach(), samples.log_var.detach())
+        out = {
+            "log_px": samples.log_px.detach().mean(dim=0),
+            "kl_per_dim": kl_per_dim,
+            "decoder_out": samples.decoder_out,
+            "mu": samples.mu,
+        }
+        return loss, -bound.mean(), out
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
-        out = self(x)
-        recon = out["log_px"].mean()
-        kl = out["kl_per_dim"].sum(dim=1).mean()
         kl_weight = self.kl_weight()
-        kl_term = maths.free_bits_kl(out["kl_per_dim"], self.free_bits) if self.free_bits > 0 else kl
-        loss = kl_weight * kl_term - recon
+        if self.train_iw_samples > 1:
+            # the loss logged is the negative bound, not DReG's surrogate
+            objective, loss, out = self.importance_weighted_step(x)
+            recon = out["log_px"].mean()
+            kl = out["kl_per_dim"].sum(dim=1).mean()
+        else:
+            out = self(x)
+            recon = out["log_px"].mean()
+            kl = out["kl_per_dim"].sum(dim=1).mean()
+            kl_term = maths.free_bits_kl(out["kl_per_dim"], self.free_bits) if self.free_bits > 0 else kl
+            objective = loss = kl_weight * kl_term - recon
         value = loss.item()  # one scalar to the host (torch.isfinite would be an op more)
         if not math.isfinite(value):
             # stop before the optimiser spreads NaN into the weights (and a checkpoint)
@@ -245,7 +275,7 @@ class VAE(pl.LightningModule):
             window = self._train_sums.take_window()
             if window is not None:
                 self.log_train_step(self.reduced_train_metrics(*window, self._train_sampled), kl_weight)
-        return loss
+        return objective
 
     def log_train_step(self, metrics: dict[str, Tensor], kl_weight: float) -> None:
         """The window's metrics, written straight to the loggers in one call, at the step
