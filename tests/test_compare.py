@@ -837,6 +837,27 @@ def test_a_real_sweep_compared_from_the_command_line_and_the_notebook(tmp_path, 
 
 
 # -- comparisons that can be trusted: groups, collapse, seeds ----------------------------
+def test_a_mass_and_a_dequantised_density_of_integer_pixels_rank_by_bits_per_dim(tmp_path):
+    """A dequantised density's NLL in nats is that of the noisy data, D log(levels) away
+    from a mass of the integers: their bits/dim compare, their nats do not."""
+    root = tmp_path / "integers"
+    root.mkdir()
+    multirun_yaml(root, ["likelihood=gaussian,discretized_logistic"])
+    make_job(root, "density", ["likelihood=gaussian"], nll=-1000.0, extra_metrics={"test/bpd_iw": 7.0})
+    make_job(
+        root,
+        "mass",
+        ["likelihood=discretized_logistic"],
+        likelihood="discretized_logistic",
+        nll=800.0,
+        extra_metrics={"test/bpd_iw": 1.5},
+    )
+    table = compare.build_table(compare.load_sweep(root))
+    assert [(r["job"], r["rank"]) for r in table.rows] == [("mass", 1), ("density", 2)]
+    assert len({r["comparable"] for r in table.rows}) == 1
+    assert "Ranked by the bits/dim of the test NLL" in table.markdown()
+
+
 def test_ranks_stay_within_one_data_set_and_data_model(sweep):
     make_job(
         sweep,
@@ -1245,7 +1266,7 @@ def test_jobs_that_differ_only_by_seed_are_one_setting_with_its_spread(seeded_sw
     assert learned["nll"] == pytest.approx(99.0) and learned["nll_sd"] == pytest.approx(2.0)
     assert learned["rank"] == 1 and fixed["rank"] == 2
     # 3 nats apart with sd 2 over 3 seeds: the standard error of the gap is 1.63, so 3 < 2 x 1.63
-    assert fixed["vs_best"] == "3 worse, within noise"
+    assert fixed["vs_best"] == f"{fixed['bpd'] - learned['bpd']:.3g} bits/dim worse, within noise"
     cell = table.cell(fixed, next(c for c in table.columns if c.key == "nll"))
     assert cell == "102.00 ± 2.00"
     text = table.markdown()

@@ -7,7 +7,8 @@ A job is any folder under the sweep that holds ``.hydra/config.yaml`` (its name 
 not matter). Each job is read into one flat record (:func:`load_job`): its status,
 the overrides that made it, its likelihood, sigma mode and beta, and its metrics
 (``metrics.json``; for a job still running or failed, the last values logged in
-``csv/metrics.csv``). :func:`build_table` ranks the records by test NLL within each
+``csv/metrics.csv``). :func:`build_table` ranks the records by the bits/dim of their
+test NLL within each
 data set and data model and lays them out as ``table.md`` and ``table.csv``; when
 seeds were swept (``-m seed=1,2,3 ...``), :func:`build_settings_table` folds the jobs
 that differ only by seed into one row per setting (mean ± sd, and which settings are

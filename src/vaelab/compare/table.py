@@ -57,10 +57,21 @@ def sort_value(metric: str, value: float) -> float:
     return -value if way == quality.HIGHER else value
 
 
+def default_key(record: dict[str, Any]) -> str:
+    """What the default metric ranks by: the bits/dim of the test NLL (``bpd``, of
+    test/nll_iw, else of -test/elbo) where the job has them, else the NLL in nats.
+    Within one data model the two order jobs alike; a group of integer pixel values
+    also holds probability masses (the discretised logistic) beside dequantised
+    densities, whose nats differ from a mass's by D log(levels) and whose bits/dim
+    do not."""
+    return "bpd" if _float(record.get("bpd")) is not None else "nll"
+
+
 def metric_value(record: dict[str, Any], metric: str = DEFAULT_METRIC) -> float | None:
-    """The record's ``metric``; for the default, test NLL falls back to ``-test/elbo``."""
+    """The record's ``metric``; for the default, the test NLL's bits/dim
+    (:func:`default_key`; the NLL falls back to ``-test/elbo``)."""
     if metric == DEFAULT_METRIC:
-        return record.get("nll")
+        return _float(record.get(default_key(record)))
     value = record.get(metric)
     return _float(value) if not isinstance(value, (dict, list, bool)) else None
 
@@ -165,7 +176,11 @@ class Table:
         way = direction(self.metric)
         if way == quality.CLOSER_TO_ONE:
             way += " (sorted by |log sharpness|)"
-        what = "test NLL (test/nll_iw, else -test/elbo)" if self.metric == DEFAULT_METRIC else self.metric
+        what = (
+            "the bits/dim of the test NLL (test/nll_iw, else -test/elbo)"
+            if self.metric == DEFAULT_METRIC
+            else self.metric
+        )
         if self.metric in quality.LABELS and not quality.is_sharpness(self.metric):
             what += f", {quality.FID_LABEL}"
         lines += [
@@ -258,7 +273,6 @@ def build_settings_table(records: Sequence[dict[str, Any]], metric: str | None =
     settings = aggregate_seeds(records)
     columns = _layout(settings, swept, "settings", metric)
     rows = _ranked_rows(settings, swept, metric)
-    key = "nll" if metric == DEFAULT_METRIC else metric
     best: dict[str, dict[str, Any]] = {}
     indistinct: dict[str, list[str]] = {}
     for row in rows:
@@ -269,9 +283,14 @@ def build_settings_table(records: Sequence[dict[str, Any]], metric: str | None =
             best[group] = row
             row["vs_best"] = "best"
             continue
+        if metric != DEFAULT_METRIC:
+            key = metric
+        else:  # bits/dim where both have them (default_key)
+            key = "bpd" if default_key(row) == default_key(best[group]) == "bpd" else "nll"
         gap = abs(row[key] - best[group][key])
         close = within_noise(row, best[group], key)
-        row["vs_best"] = f"{gap:.3g} worse" + {True: ", within noise", False: "", None: " (no spread)"}[close]
+        unit = {"bpd": " bits/dim", "nll": " nats"}.get(key, "") if metric == DEFAULT_METRIC else ""
+        row["vs_best"] = f"{gap:.3g}{unit} worse" + {True: ", within noise", False: "", None: " (no spread)"}[close]
         if close:
             indistinct.setdefault(group, []).append(_setting_name(row, swept))
     counts = {status: sum(r["status"] == status for r in records) for status in STATUS_ORDER}
