@@ -107,6 +107,15 @@ def _ring_collapsed(ax: Any, records: Sequence[dict[str, Any]], x: Any, y: Any) 
         )
 
 
+def _likelihood_caption(record: dict[str, Any]) -> str:
+    """A montage tile's number: the test NLL, with its bits/dim (what compares a mass of
+    integer pixels with a dequantised density), or the job's name when it has none."""
+    if record.get("nll") is None:
+        return str(record["job"])
+    bpd = record.get("bpd")
+    return f"NLL {record['nll']:.1f} nats" + (f", {bpd:.3f} bits/dim" if bpd is not None else "")
+
+
 def comparable_groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Records by comparable group (data set and data model), the largest group first:
     each group gets panels of its own, since numbers of different data share no axis."""
@@ -368,10 +377,7 @@ def plot_montage(
     fontsize = 10 if box_px >= 300 else 7
     tile_w, tile_h = tiles[0][1].size
     width_chars = max(20, int(tile_w / (0.62 * fontsize * dpi / 72)))
-    titles = [
-        job_title(r, swept, width_chars) + "\n" + (f"NLL {r['nll']:.1f} nats" if r.get("nll") is not None else r["job"])
-        for r, _ in tiles
-    ]
+    titles = [job_title(r, swept, width_chars) + "\n" + _likelihood_caption(r) for r, _ in tiles]
     lines = max(t.count("\n") + 1 for t in titles)
     pad, header = 16, 44
     title_px = math.ceil(lines * 1.3 * fontsize * dpi / 72) + 6
