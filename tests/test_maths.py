@@ -218,6 +218,18 @@ def test_importance_weighted_bound_is_above_the_elbo(likelihood):
     assert (k50 > elbo).all()
 
 
+def test_the_bernoulli_of_repeated_images_is_that_of_their_copies():
+    """The bound scores K decoder outputs per image without K copies of the images."""
+    x = torch.bernoulli(torch.rand(5, *SHAPE))
+    logits = torch.randn(7 * 5, *SHAPE) * 4
+    copies = x.unsqueeze(0).expand(7, *x.shape).flatten(0, 1)
+    expected = maths.bernoulli_log_prob(copies, logits).view(7, 5)
+    torch.testing.assert_close(maths.bernoulli_log_prob_repeated(x, logits), expected)
+    torch.testing.assert_close(BernoulliLikelihood(SHAPE).log_prob_repeated(logits, x), expected)
+    gaussian = GaussianLikelihood(SHAPE, sigma="learned_shared")
+    torch.testing.assert_close(gaussian.log_prob_repeated(logits, x), gaussian.log_prob(logits, copies).view(7, 5))
+
+
 def test_importance_weighted_bound_chunks_give_the_same_answer():
     """Splitting K into chunks must not change the estimator (same random draws)."""
     model = make_vae(BernoulliLikelihood(SHAPE)).eval()

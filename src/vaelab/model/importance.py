@@ -39,18 +39,23 @@ class ImportanceSamples:
 
 
 def draw_importance_samples(
-    model: Autoencoder, x: Tensor, num_samples: int, stop_q_gradient: bool = False
+    model: Autoencoder,
+    x: Tensor,
+    num_samples: int,
+    stop_q_gradient: bool = False,
+    posterior: tuple[Tensor, Tensor] | None = None,
 ) -> ImportanceSamples:
     """Draw z_k = mu + sigma * eps_k, k = 1..``num_samples``, and their log-weights.
     ``stop_q_gradient``: log q(z_k|x) takes mu and sigma as constants, so gradients reach
-    the encoder only through z_k (the path DReG's estimator is built on)."""
-    mu, log_var = model.encode(x)
+    the encoder only through z_k (the path DReG's estimator is built on).
+    ``posterior``: q's (mu, log_var) of ``x`` when already computed (the chunks of one
+    bound share them)."""
+    mu, log_var = posterior if posterior is not None else model.encode(x)
     eps = torch.randn((num_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * log_var) * eps
     decoder_out = model.decode(z.flatten(0, 1))
     with maths.full_precision(x):
-        x_rep = x.unsqueeze(0).expand(num_samples, *x.shape).flatten(0, 1)
-        log_px = model.likelihood.log_prob(decoder_out, x_rep).view(num_samples, -1)
+        log_px = model.likelihood.log_prob_repeated(decoder_out, x)
         q_mu, q_log_var = (mu.detach(), log_var.detach()) if stop_q_gradient else (mu, log_var)
         log_w = log_px + maths.standard_normal_log_prob(z) - maths.diagonal_normal_log_prob(z, q_mu, q_log_var)
     return ImportanceSamples(log_w, log_px, z, mu, log_var, decoder_out)
@@ -112,4 +117,7 @@ def importance_weighted_log_likelihood(model: Autoencoder, x: Tensor, num_sample
     so K = 5000 fits in memory for any batch size.
     """
     chunk = samples_per_chunk(x, num_samples, model.likelihood.params_per_channel, chunk_elements)
-    return maths.importance_weighted_bound(lambda k: log_importance_weights(model, x, k), num_samples, chunk)
+    posterior = model.encode(x)  # once, not once per chunk: every chunk draws from the same q
+    return maths.importance_weighted_bound(
+        lambda k: draw_importance_samples(model, x, k, posterior=posterior).log_weights, num_samples, chunk
+    )

@@ -68,6 +68,14 @@ class Likelihood(nn.Module):
         """log p(x|z) per example, summed over every pixel and channel: shape (B,)."""
         raise NotImplementedError
 
+    def log_prob_repeated(self, decoder_out: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z_k) of each of B examples ``x`` under K decoder outputs each
+        (``decoder_out`` of K * B examples, sample-major, as the importance-weighted
+        bound decodes them): shape (K, B). Here, :meth:`log_prob` of K copies of x; a
+        likelihood may compute it without the copies."""
+        k = decoder_out.shape[0] // x.shape[0]
+        return self.log_prob(decoder_out, x.unsqueeze(0).expand(k, *x.shape).flatten(0, 1)).view(k, -1)
+
     def mean(self, decoder_out: Tensor) -> Tensor:
         """The decoder's mean image, for reconstructions and samples."""
         raise NotImplementedError
@@ -159,6 +167,9 @@ class BernoulliLikelihood(Likelihood):
 
     def log_prob(self, decoder_out: Tensor, x: Tensor) -> Tensor:
         return maths.bernoulli_log_prob(x, decoder_out.float())
+
+    def log_prob_repeated(self, decoder_out: Tensor, x: Tensor) -> Tensor:
+        return maths.bernoulli_log_prob_repeated(x, decoder_out.float())
 
     def mean(self, decoder_out: Tensor) -> Tensor:
         return torch.sigmoid(decoder_out)
