@@ -10,6 +10,7 @@ test KL of each: a setting whose gap is far outside the seeds' spread trains
 differently in vaelab than the objective does in a plain loop.
 
     python bench/reference_gap.py logs/likelihood_quality/multiruns/<sweep> --workers 2
+    python bench/reference_gap.py <sweep> --only low_rank discretized   # some settings only
 
 Writes the JSON records to bench/results/reference_gap_<time>.json.
 """
@@ -112,10 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--workers", type=int, default=1, help="processes, one thread each")
+    parser.add_argument("--only", nargs="+", default=None, help="settings containing one of these strings")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
-    jobs = done_jobs(args.sweep)
+    jobs = [j for j in done_jobs(args.sweep) if args.only is None or any(o in j["setting"] for o in args.only)]
     if not jobs:
         raise SystemExit(f"no done job under {args.sweep}")
     print(f"{len(jobs)} done jobs of {args.sweep}; the plain loop, {args.workers} at a time", flush=True)
