@@ -160,3 +160,22 @@ def test_a_sweep_job_killed_mid_training_reads_interrupted_and_its_retry_finishe
     record = job_record.read(job)
     assert record["status"] == "done" and record["attempt"] == 2 and record["first_started"] <= record["started"]
     assert compare.load_job(job)["status"] == "done"
+
+
+def test_every_user_error_survives_pickling():
+    """What a parallel sweep's worker sends back: message, type and attributes intact,
+    whatever the error's __init__ takes."""
+    import pickle
+
+    from vaelab import exceptions
+
+    errors = [
+        NonFiniteLossError(float("nan"), 3, 1, "last.ckpt"),
+        exceptions.BadFileError("a.ckpt", "empty"),
+        exceptions.ChecksumError("http://x", "md5", "aa", "bb"),
+        exceptions.MissingExtraError("optuna", "the Optuna sweeper", "optuna"),
+        exceptions.ConfigError("model.beta=-1 is not allowed"),
+    ]
+    for error in errors:
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and again.__dict__ == error.__dict__

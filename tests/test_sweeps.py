@@ -227,6 +227,27 @@ def test_a_failing_job_is_recorded_and_the_others_finish(train, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failing_job_of_a_parallel_sweep_fails_alone(train, tmp_path):
+    """The worker sends its job's error back pickled: an error that could not be
+    rebuilt there once stopped every job not yet finished (an MNIST sweep lost 4)."""
+    proc = train(
+        "-m",
+        *QUICK,
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "likelihood.sigma=fixed",
+        "likelihood.sigma_value=1e-30,0.1,0.2",
+        check=False,
+    )
+    assert proc.returncode != 0
+    folder = sweep_dir(tmp_path)
+    assert "NonFiniteLossError" in (folder / "likelihood.sigma_value=1e-30" / "FAILED").read_text()
+    for value in ("0.1", "0.2"):
+        assert read_metrics(folder / f"likelihood.sigma_value={value}")["metrics"]["test/elbo"] < 0
+    assert assert_sweep_reported(proc, folder).endswith("(3 jobs: 2 done, 1 failed)")
+
+
+@pytest.mark.slow
 def test_parallel_jobs_share_threads_and_take_their_own_device(tmp_path):
     env_devices = {"VAELAB_DEVICE_COUNT": "2"}
     os.environ.update(env_devices)

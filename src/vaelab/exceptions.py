@@ -15,8 +15,25 @@ from pathlib import Path
 DOWNLOAD_HINT = "set data.download=true to fetch them, or put the files there"
 
 
+def _rebuilt(kind: type[BaseException], args: tuple, state: dict) -> BaseException:
+    """An error of ``kind`` with its message ``args`` and attributes, not through its
+    ``__init__`` (whose arguments are not the message): how :class:`UserError`s unpickle."""
+    error = kind.__new__(kind)
+    BaseException.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class UserError(Exception):
-    """An error whose message tells the user what to change (reported in one line)."""
+    """An error whose message tells the user what to change (reported in one line).
+
+    Picklable whatever its subclass's ``__init__`` takes: a parallel sweep's worker
+    process sends its job's error back pickled, and an error that could not be
+    rebuilt there (Python re-calls ``__init__`` with the message alone) stopped the
+    whole sweep instead of failing its one job."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))
 
 
 class ConfigError(UserError, ValueError):
