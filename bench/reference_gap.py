@@ -4,13 +4,16 @@ For every done job of a ``vaelab-train -m`` sweep, trains the same config (the j
 own overrides, composed again) with the plain loop of :mod:`vaelab.reference` (no
 Lightning, PyTorch's default initialisation; the decoder starts at the mean image
 only where vaelab's default does, ``Likelihood.init_output_bias_by_default``) for the
-job's epochs and seed, and prints, per setting (the job's overrides without the seed),
+job's epochs and seed (a job with ``trainer.max_time`` gives the loop the same
+wall-time budget, and one with ``callbacks.time_budget_lr.shape`` the same learning-
+rate schedule over it, each loop on one thread as each job of two was), and prints, per setting (the job's overrides without the seed),
 the test ELBO of vaelab and of the loop, mean ± sd over seeds, their gap and the
 test KL of each: a setting whose gap is far outside the seeds' spread trains
 differently in vaelab than the objective does in a plain loop.
 
     python bench/reference_gap.py logs/likelihood_quality/multiruns/<sweep> --workers 2
     python bench/reference_gap.py <sweep> --only low_rank discretized   # some settings only
+    python bench/reference_gap.py logs/burda_mnist/multiruns/<sweep> --workers 2  # timed jobs
 
 Writes the JSON records to bench/results/reference_gap_<time>.json.
 """
@@ -91,8 +94,20 @@ def one(job: dict) -> dict:
     if start is None:
         likelihood = instantiate_likelihood(cfg.likelihood, tuple(datamodule.image_shape), int(datamodule.levels))
         start = likelihood.init_output_bias_by_default
+    budget = time_budget_seconds(cfg)
+    schedule = (cfg.get("callbacks") or {}).get("time_budget_lr", {}).get("shape")
     started = time.perf_counter()
-    result = train_reference(cfg, datamodule, epochs=job["epochs"], seed=int(cfg.seed), init_output_bias=bool(start))
+    result = train_reference(
+        cfg,
+        datamodule,
+        # a timed job's epochs are what fit its budget: the loop gets the budget instead
+        epochs=job["epochs"] if budget is None else int(cfg.trainer.max_epochs),
+        seed=int(cfg.seed),
+        init_output_bias=bool(start),
+        time_budget_s=budget,
+        schedule=schedule,
+        final_fraction=float((cfg.get("callbacks") or {}).get("time_budget_lr", {}).get("final_fraction", 0.0)),
+    )
     return {
         **job,
         "seed": int(cfg.seed),
@@ -100,8 +115,20 @@ def one(job: dict) -> dict:
         "reference_elbo": result.elbo,
         "reference_kl": result.kl,
         "reference_active_units": result.active_units,
+        "reference_epochs": len(result.val_elbo),
+        "reference_steps": result.steps,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def time_budget_seconds(cfg) -> float | None:
+    """``trainer.max_time`` in seconds (None without one), parsed by Lightning's Timer."""
+    max_time = cfg.trainer.get("max_time")
+    if max_time is None:
+        return None
+    from lightning.pytorch.callbacks import Timer
+
+    return Timer(duration=max_time).time_remaining()
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -133,15 +160,16 @@ def main() -> None:
             )
     wall = time.perf_counter() - started
 
-    print("\n| setting | seeds | vaelab test ELBO | plain loop test ELBO | gap | vaelab KL | loop KL |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| setting | seeds | vaelab test ELBO | plain loop test ELBO | gap | vaelab KL | loop KL | vaelab epochs | loop epochs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for setting in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == setting]
         ours, loop = [r["vaelab_elbo"] for r in rs], [r["reference_elbo"] for r in rs]
         gap = statistics.fmean(ours) - statistics.fmean(loop)
         print(
             f"| {setting} | {len(rs)} | {_mean_sd(ours)} | {_mean_sd(loop)} | {gap:+.1f} | "
-            f"{statistics.fmean(r['vaelab_kl'] for r in rs):.1f} | {statistics.fmean(r['reference_kl'] for r in rs):.1f} |"
+            f"{statistics.fmean(r['vaelab_kl'] for r in rs):.1f} | {statistics.fmean(r['reference_kl'] for r in rs):.1f} | "
+            f"{statistics.fmean(r['epochs'] for r in rs):.1f} | {statistics.fmean(r['reference_epochs'] for r in rs):.1f} |"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

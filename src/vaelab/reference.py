@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from vaelab.config import instantiate_likelihood
 from vaelab.model import maths
 from vaelab.model.likelihoods import GaussianLikelihood, Likelihood
+from vaelab.time_budget import lr_factor
 
 
 @dataclass
@@ -42,6 +44,9 @@ class ReferenceResult:
     active_units: int
     best_epoch: int
     val_elbo: list[float] = field(default_factory=list)
+    #: optimiser steps taken, and the seconds they and the validations took
+    steps: int = 0
+    train_seconds: float = 0.0
 
 
 class ReferenceVAE(nn.Module):
@@ -150,12 +155,20 @@ def train_reference(
     seed: int,
     init_output_bias: bool = False,
     eval_batch_size: int = 512,
+    time_budget_s: float | None = None,
+    schedule: str | None = None,
+    final_fraction: float = 0.0,
 ) -> ReferenceResult:
     """Train ``cfg``'s model on ``datamodule``'s splits (set up already) for ``epochs``
     epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
 
     ``init_output_bias`` starts the decoder's last bias at the mean training input
     (what ``model.init_output_bias`` does in vaelab), for measuring what it changes.
+    ``time_budget_s`` stops training after the first step that ends past it (as
+    ``trainer.max_time`` does; validations count), the stopped epoch validated;
+    ``schedule`` (a shape of :func:`vaelab.time_budget.lr_factor`) sets the learning
+    rate before every step from the fraction of that budget spent, as
+    ``callbacks.time_budget_lr`` does.
     """
     torch.manual_seed(seed)
     image_shape = tuple(datamodule.image_shape)
@@ -180,9 +193,17 @@ def train_reference(
     generator = torch.Generator().manual_seed(seed)
     best: tuple[float, int, dict] = (-math.inf, -1, {})
     history: list[float] = []
+    if schedule is not None and time_budget_s is None:
+        raise ValueError("a time-budget schedule needs time_budget_s")
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    steps, started, out_of_time = 0, time.perf_counter(), False
     for epoch in range(epochs):
         model.train()
         for batch in _batches(train_images, batch_size, generator):
+            if schedule is not None:
+                factor = lr_factor(schedule, (time.perf_counter() - started) / time_budget_s, final_fraction)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * factor
             x = model.likelihood.prepare(batch, levels)
             optimizer.zero_grad(set_to_none=True)
             if iw_samples > 1:
@@ -195,12 +216,19 @@ def train_reference(
             if loss.requires_grad:  # (DReG has set the gradients already)
                 loss.backward()
             optimizer.step()
+            steps += 1
+            if time_budget_s is not None and time.perf_counter() - started >= time_budget_s:
+                out_of_time = True
+                break
         if model.is_optimal:
             _measure_optimal_mse(model, train_images, levels, eval_batch_size)
         val = _evaluate(model, val_images, levels, eval_batch_size)["elbo"]
         history.append(val)
         if val > best[0]:
             best = (val, epoch, {"state": copy.deepcopy(model.state_dict()), "eval_mse": model.eval_mse})
+        if out_of_time:
+            break
+    train_seconds = time.perf_counter() - started
     model.load_state_dict(best[2]["state"])
     model.eval_mse = best[2]["eval_mse"]
     test = _evaluate(model, test_images, levels, eval_batch_size)
@@ -211,4 +239,6 @@ def train_reference(
         active_units=test["active_units"],
         best_epoch=best[1],
         val_elbo=history,
+        steps=steps,
+        train_seconds=train_seconds,
     )
