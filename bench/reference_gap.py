@@ -160,7 +160,9 @@ def main() -> None:
             )
     wall = time.perf_counter() - started
 
-    print("\n| setting | seeds | vaelab test ELBO | plain loop test ELBO | gap | vaelab KL | loop KL | vaelab epochs | loop epochs |")
+    print(
+        "\n| setting | seeds | vaelab test ELBO | plain loop test ELBO | gap | vaelab KL | loop KL | vaelab epochs | loop epochs |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for setting in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == setting]

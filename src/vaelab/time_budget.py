@@ -88,7 +88,9 @@ class TimeBudgetLR(pl.Callback):
         elapsed = self._timer.time_elapsed("train")
         return elapsed / (elapsed + max(self._timer.time_remaining("train"), 0.0))
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         factor = lr_factor(self.shape, self.progress(), self.final_fraction)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
