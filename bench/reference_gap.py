@@ -95,7 +95,7 @@ def one(job: dict) -> dict:
         likelihood = instantiate_likelihood(cfg.likelihood, tuple(datamodule.image_shape), int(datamodule.levels))
         start = likelihood.init_output_bias_by_default
     budget = time_budget_seconds(cfg)
-    schedule = (cfg.get("callbacks") or {}).get("time_budget_lr", {}).get("shape")
+    lr_over_budget = (cfg.get("callbacks") or {}).get("time_budget_lr") or {}
     started = time.perf_counter()
     result = train_reference(
         cfg,
@@ -105,8 +105,8 @@ def one(job: dict) -> dict:
         seed=int(cfg.seed),
         init_output_bias=bool(start),
         time_budget_s=budget,
-        schedule=schedule,
-        final_fraction=float((cfg.get("callbacks") or {}).get("time_budget_lr", {}).get("final_fraction", 0.0)),
+        schedule=lr_over_budget.get("shape"),
+        final_fraction=float(lr_over_budget.get("final_fraction", 0.0)),
     )
     return {
         **job,

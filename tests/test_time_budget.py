@@ -146,3 +146,41 @@ def test_the_plain_loop_stops_after_the_budget_on_the_same_schedule(tmp_path):
     assert math.isfinite(result.elbo)
     with pytest.raises(ValueError, match="time_budget_s"):
         train_reference(cfg, datamodule, epochs=1, seed=1, schedule="cosine")
+
+
+def test_a_resumed_run_goes_on_from_the_budget_and_base_rate_it_stopped_at(tmp_path):
+    """Lightning's Timer saves its clock in the checkpoint and the optimiser keeps
+    ``initial_lr``: a run resumed from a checkpoint continues the schedule where it
+    stopped, instead of starting the budget again or taking the decayed rate as its base."""
+
+    def trainer_for(epochs: int, *callbacks) -> pl.Trainer:
+        return pl.Trainer(
+            max_time={"seconds": 6},
+            max_epochs=epochs,
+            callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+
+    first_schedule = TimeBudgetLR("cosine")
+    first = RecordLR(first_schedule)
+    # 9 epochs of 32 steps of ~5 ms: about a quarter of the budget
+    trainer = trainer_for(9, first_schedule, first)
+    trainer.fit(SlowAdam())
+    trainer.save_checkpoint(tmp_path / "stopped.ckpt")
+    stopped_at, stopped_lr = first.seen[-1]
+    assert 0.05 < stopped_at < 0.9 and stopped_lr < 0.01 * lr_factor("cosine", 0.05)
+
+    schedule = TimeBudgetLR("cosine")
+    resumed = RecordLR(schedule)
+    trainer = trainer_for(10, schedule, resumed)
+    trainer.fit(SlowAdam(), ckpt_path=tmp_path / "stopped.ckpt")
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.01
+    progress, lr = resumed.seen[0]
+    assert progress > stopped_at  # the clock went on from the checkpoint's
+    assert lr == pytest.approx(0.01 * lr_factor("cosine", progress), rel=0.05)
+    assert lr <= stopped_lr
