@@ -6,7 +6,9 @@ Lightning, PyTorch's default initialisation; the decoder starts at the mean imag
 only where vaelab's default does, ``Likelihood.init_output_bias_by_default``) for the
 job's epochs and seed (a job with ``trainer.max_time`` gives the loop the same
 wall-time budget, and one with ``callbacks.time_budget_lr.shape`` the same learning-
-rate schedule over it, each loop on one thread as each job of two was), and prints, per setting (the job's overrides without the seed),
+rate schedule over it, each loop on one thread as each job of two was; a job with
+``callbacks.ema_weights.decay`` has the loop score the same moving average of its
+weights), and prints, per setting (the job's overrides without the seed),
 the test ELBO of vaelab and of the loop, mean ± sd over seeds, their gap and the
 test KL of each: a setting whose gap is far outside the seeds' spread trains
 differently in vaelab than the objective does in a plain loop.
@@ -96,6 +98,7 @@ def one(job: dict) -> dict:
         start = likelihood.init_output_bias_by_default
     budget = time_budget_seconds(cfg)
     lr_over_budget = (cfg.get("callbacks") or {}).get("time_budget_lr") or {}
+    averaging = (cfg.get("callbacks") or {}).get("ema_weights") or {}
     started = time.perf_counter()
     result = train_reference(
         cfg,
@@ -107,6 +110,8 @@ def one(job: dict) -> dict:
         time_budget_s=budget,
         schedule=lr_over_budget.get("shape"),
         final_fraction=float(lr_over_budget.get("final_fraction", 0.0)),
+        ema_decay=averaging.get("decay"),
+        ema_start_step=int(averaging.get("update_starting_at_step", 0)),
     )
     return {
         **job,

@@ -99,3 +99,21 @@ def test_the_average_is_what_a_run_validates_tests_and_vaelab_eval_scores(tmp_pa
     assert scored["test/sigma_mean"] == pytest.approx(average_sigma, rel=1e-5)
     assert scored["test/kl"] == pytest.approx(trained["test/kl"], rel=0.01)
     assert math.isfinite(trained["test/elbo"]) and math.isfinite(scored["test/elbo"])
+
+
+def test_the_plain_loop_scores_its_moving_average(tmp_path):
+    """vaelab.reference's loop with ema_decay tests PyTorch's AveragedModel of its weights:
+    with a decay so close to 1 that the average stays at the first step's weights, the
+    loop scores a model that has barely trained."""
+    from vaelab.reference import train_reference
+
+    cfg = composed("likelihood=bernoulli", tmp_path=tmp_path)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    trained = train_reference(cfg, datamodule, epochs=3, seed=1)
+    frozen = train_reference(cfg, datamodule, epochs=3, seed=1, ema_decay=1 - 1e-9)
+    never_updated = train_reference(cfg, datamodule, epochs=3, seed=1, ema_decay=1 - 1e-9, ema_start_step=10**9)
+    assert frozen.steps == trained.steps
+    assert frozen.elbo < trained.elbo - 10
+    # an average that never started is the model as initialised: worse still
+    assert never_updated.elbo <= frozen.elbo + 1

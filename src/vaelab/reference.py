@@ -158,17 +158,22 @@ def train_reference(
     time_budget_s: float | None = None,
     schedule: str | None = None,
     final_fraction: float = 0.0,
+    ema_decay: float | None = None,
+    ema_start_step: int = 0,
 ) -> ReferenceResult:
     """Train ``cfg``'s model on ``datamodule``'s splits (set up already) for ``epochs``
-    epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
+        epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
 
-    ``init_output_bias`` starts the decoder's last bias at the mean training input
-    (what ``model.init_output_bias`` does in vaelab), for measuring what it changes.
-    ``time_budget_s`` stops training after the first step that ends past it (as
-    ``trainer.max_time`` does; validations count), the stopped epoch validated;
-    ``schedule`` (a shape of :func:`vaelab.time_budget.lr_factor`) sets the learning
-    rate before every step from the fraction of that budget spent, as
-    ``callbacks.time_budget_lr`` does.
+        ``init_output_bias`` starts the decoder's last bias at the mean training input
+        (what ``model.init_output_bias`` does in vaelab), for measuring what it changes.
+        ``time_budget_s`` stops training after the first step that ends past it (as
+        ``trainer.max_time`` does; validations count), the stopped epoch validated;
+        ``schedule`` (a shape of :func:`vaelab.time_budget.lr_factor`) sets the learning
+        rate before every step from the fraction of that budget spent, as
+        ``callbacks.time_budget_lr`` does. ``ema_decay`` validates and tests an exponential
+        moving average of the weights, updated after every step from ``ema_start_step`` on
+    (``callbacks.ema_weights``),
+        with PyTorch's own ``AveragedModel``.
     """
     torch.manual_seed(seed)
     image_shape = tuple(datamodule.image_shape)
@@ -186,6 +191,14 @@ def train_reference(
             bias = model.likelihood.output_bias(mean)
             last.bias.copy_(bias.flatten() if isinstance(last, nn.Linear) else bias.mean(dim=(1, 2)))
     optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())
+    average = (
+        None
+        if ema_decay is None
+        else torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True
+        )
+    )
+    scored = model if average is None else average.module
     batch_size = int(cfg.data.batch_size)
     iw_samples = int(cfg.model.get("train_iw_samples", 1))
     gradient = cfg.model.get("iw_gradient", "standard")
@@ -216,22 +229,24 @@ def train_reference(
             if loss.requires_grad:  # (DReG has set the gradients already)
                 loss.backward()
             optimizer.step()
+            if average is not None and steps >= ema_start_step:
+                average.update_parameters(model)
             steps += 1
             if time_budget_s is not None and time.perf_counter() - started >= time_budget_s:
                 out_of_time = True
                 break
-        if model.is_optimal:
-            _measure_optimal_mse(model, train_images, levels, eval_batch_size)
-        val = _evaluate(model, val_images, levels, eval_batch_size)["elbo"]
+        if scored.is_optimal:
+            _measure_optimal_mse(scored, train_images, levels, eval_batch_size)
+        val = _evaluate(scored, val_images, levels, eval_batch_size)["elbo"]
         history.append(val)
         if val > best[0]:
-            best = (val, epoch, {"state": copy.deepcopy(model.state_dict()), "eval_mse": model.eval_mse})
+            best = (val, epoch, {"state": copy.deepcopy(scored.state_dict()), "eval_mse": scored.eval_mse})
         if out_of_time:
             break
     train_seconds = time.perf_counter() - started
-    model.load_state_dict(best[2]["state"])
-    model.eval_mse = best[2]["eval_mse"]
-    test = _evaluate(model, test_images, levels, eval_batch_size)
+    scored.load_state_dict(best[2]["state"])
+    scored.eval_mse = best[2]["eval_mse"]
+    test = _evaluate(scored, test_images, levels, eval_batch_size)
     return ReferenceResult(
         elbo=test["elbo"],
         recon=test["recon"],
