@@ -162,18 +162,17 @@ def train_reference(
     ema_start_step: int = 0,
 ) -> ReferenceResult:
     """Train ``cfg``'s model on ``datamodule``'s splits (set up already) for ``epochs``
-        epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
+    epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
 
-        ``init_output_bias`` starts the decoder's last bias at the mean training input
-        (what ``model.init_output_bias`` does in vaelab), for measuring what it changes.
-        ``time_budget_s`` stops training after the first step that ends past it (as
-        ``trainer.max_time`` does; validations count), the stopped epoch validated;
-        ``schedule`` (a shape of :func:`vaelab.time_budget.lr_factor`) sets the learning
-        rate before every step from the fraction of that budget spent, as
-        ``callbacks.time_budget_lr`` does. ``ema_decay`` validates and tests an exponential
-        moving average of the weights, updated after every step from ``ema_start_step`` on
-    (``callbacks.ema_weights``),
-        with PyTorch's own ``AveragedModel``.
+    ``init_output_bias`` starts the decoder's last bias at the mean training input
+    (what ``model.init_output_bias`` does in vaelab), for measuring what it changes.
+    ``time_budget_s`` stops training after the first step that ends past it (as
+    ``trainer.max_time`` does; validations count), the stopped epoch validated;
+    ``schedule`` (a shape of :func:`vaelab.time_budget.lr_factor`) sets the learning
+    rate before every step from the fraction of that budget spent, as
+    ``callbacks.time_budget_lr`` does. ``ema_decay`` validates and tests an exponential
+    moving average of the weights, updated after every step from ``ema_start_step`` on
+    (``callbacks.ema_weights``), with PyTorch's own ``AveragedModel``.
     """
     torch.manual_seed(seed)
     image_shape = tuple(datamodule.image_shape)
