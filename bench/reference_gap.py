@@ -112,6 +112,7 @@ def one(job: dict) -> dict:
         final_fraction=float(lr_over_budget.get("final_fraction", 0.0)),
         ema_decay=averaging.get("decay"),
         ema_start_step=int(averaging.get("update_starting_at_step", 0)),
+        ema_every_n_steps=int(averaging.get("update_every_n_steps", 1)),
     )
     return {
         **job,

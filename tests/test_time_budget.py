@@ -63,20 +63,25 @@ class SlowAdam(BoringModel):
         return super().training_step(batch, batch_idx)
 
 
-def test_every_step_trains_at_the_rate_of_the_budget_spent_and_the_last_near_the_end(tmp_path):
-    schedule = TimeBudgetLR("cosine", final_fraction=0.0)
-    record = RecordLR(schedule)
-    trainer = pl.Trainer(
-        max_time={"seconds": 2},
-        max_epochs=-1,
-        callbacks=[schedule, record],
-        default_root_dir=tmp_path,
+def timed_trainer(root, seconds: float, epochs: int, callbacks: list) -> pl.Trainer:
+    """A quiet Trainer with a wall-time budget: training steps only, nothing written."""
+    return pl.Trainer(
+        max_time={"seconds": seconds},
+        max_epochs=epochs,
+        callbacks=callbacks,
+        default_root_dir=root,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
     )
+
+
+def test_every_step_trains_at_the_rate_of_the_budget_spent_and_the_last_near_the_end(tmp_path):
+    schedule = TimeBudgetLR("cosine", final_fraction=0.0)
+    record = RecordLR(schedule)
+    trainer = timed_trainer(tmp_path, seconds=2, epochs=-1, callbacks=[schedule, record])
     trainer.fit(SlowAdam())
     progress, lrs = zip(*record.seen)
     assert len(lrs) > 20
@@ -153,23 +158,10 @@ def test_a_resumed_run_goes_on_from_the_budget_and_base_rate_it_stopped_at(tmp_p
     ``initial_lr``: a run resumed from a checkpoint continues the schedule where it
     stopped, instead of starting the budget again or taking the decayed rate as its base."""
 
-    def trainer_for(epochs: int, *callbacks) -> pl.Trainer:
-        return pl.Trainer(
-            max_time={"seconds": 6},
-            max_epochs=epochs,
-            callbacks=list(callbacks),
-            default_root_dir=tmp_path,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-
     first_schedule = TimeBudgetLR("cosine")
     first = RecordLR(first_schedule)
     # 9 epochs of 32 steps of ~5 ms: about a quarter of the budget
-    trainer = trainer_for(9, first_schedule, first)
+    trainer = timed_trainer(tmp_path, seconds=6, epochs=9, callbacks=[first_schedule, first])
     trainer.fit(SlowAdam())
     trainer.save_checkpoint(tmp_path / "stopped.ckpt")
     stopped_at, stopped_lr = first.seen[-1]
@@ -177,7 +169,7 @@ def test_a_resumed_run_goes_on_from_the_budget_and_base_rate_it_stopped_at(tmp_p
 
     schedule = TimeBudgetLR("cosine")
     resumed = RecordLR(schedule)
-    trainer = trainer_for(10, schedule, resumed)
+    trainer = timed_trainer(tmp_path, seconds=6, epochs=10, callbacks=[schedule, resumed])
     trainer.fit(SlowAdam(), ckpt_path=tmp_path / "stopped.ckpt")
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.01
     progress, lr = resumed.seen[0]

@@ -28,6 +28,30 @@ def test_the_switch_and_its_errors():
         ema_weights(1.0)
     with pytest.raises(ConfigError, match="update_starting_at_step"):
         ema_weights(0.9, update_starting_at_step=-1)
+    with pytest.raises(ConfigError, match="update_every_n_steps=0"):
+        ema_weights(0.9, update_every_n_steps=0)
+
+
+@pytest.mark.parametrize(("every", "updates"), [(1, 10), (4, 3)])
+def test_the_average_takes_every_nth_step(tmp_path, every, updates):
+    """update_every_n_steps reaches Lightning's callback: 10 steps averaged every 4th
+    are 3 updates (steps 0, 4 and 8)."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    averaging = ema_weights(0.9, update_every_n_steps=every)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=10,
+        limit_val_batches=0,
+        callbacks=[averaging],
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(BoringModel())
+    assert int(averaging._average_model.n_averaged) == updates
 
 
 def parameters_of(state: dict[str, torch.Tensor]) -> torch.Tensor:

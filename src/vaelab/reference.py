@@ -160,6 +160,7 @@ def train_reference(
     final_fraction: float = 0.0,
     ema_decay: float | None = None,
     ema_start_step: int = 0,
+    ema_every_n_steps: int = 1,
 ) -> ReferenceResult:
     """Train ``cfg``'s model on ``datamodule``'s splits (set up already) for ``epochs``
     epochs with a plain loop; the test numbers of the epoch with the best validation ELBO.
@@ -171,8 +172,9 @@ def train_reference(
     ``schedule`` (a shape of :func:`vaelab.time_budget.lr_factor`) sets the learning
     rate before every step from the fraction of that budget spent, as
     ``callbacks.time_budget_lr`` does. ``ema_decay`` validates and tests an exponential
-    moving average of the weights, updated after every step from ``ema_start_step`` on
-    (``callbacks.ema_weights``), with PyTorch's own ``AveragedModel``.
+    moving average of the weights, updated after every ``ema_every_n_steps``-th step
+    from ``ema_start_step`` on (``callbacks.ema_weights``; the steps Lightning's callback
+    picks), with PyTorch's own ``AveragedModel``.
     """
     torch.manual_seed(seed)
     image_shape = tuple(datamodule.image_shape)
@@ -228,7 +230,7 @@ def train_reference(
             if loss.requires_grad:  # (DReG has set the gradients already)
                 loss.backward()
             optimizer.step()
-            if average is not None and steps >= ema_start_step:
+            if average is not None and steps >= ema_start_step and steps % ema_every_n_steps == 0:
                 average.update_parameters(model)
             steps += 1
             if time_budget_s is not None and time.perf_counter() - started >= time_budget_s:

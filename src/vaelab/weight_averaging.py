@@ -35,12 +35,25 @@ class EMAWeights(EMAWeightAveraging):
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
-def ema_weights(decay: float | None = None, update_starting_at_step: int = 0) -> EMAWeights | None:
-    """The callback, or None (no averaging) where ``decay`` is null: the config's switch."""
+def ema_weights(
+    decay: float | None = None, update_starting_at_step: int = 0, update_every_n_steps: int = 1
+) -> EMAWeights | None:
+    """The callback, or None (no averaging) where ``decay`` is null: the config's switch.
+
+    ``update_every_n_steps`` > 1 averages every n-th step's weights only: each update
+    copies and blends every parameter, which for a small model costs as much as a
+    training step (BENCHMARKS.md, issue 18); ``decay`` is then per update, so the
+    average spans about n / (1 - decay) steps."""
     if decay is None:
         return None
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"callbacks.ema_weights.decay={decay} is not in (0, 1); null switches averaging off")
     if update_starting_at_step < 0:
         raise ConfigError(f"callbacks.ema_weights.update_starting_at_step={update_starting_at_step} is negative")
-    return EMAWeights(decay=decay, update_starting_at_step=update_starting_at_step)
+    if update_every_n_steps < 1:
+        raise ConfigError(
+            f"callbacks.ema_weights.update_every_n_steps={update_every_n_steps} is not a positive integer"
+        )
+    return EMAWeights(
+        decay=decay, update_starting_at_step=update_starting_at_step, update_every_n_steps=update_every_n_steps
+    )
