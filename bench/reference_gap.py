@@ -16,6 +16,7 @@ differently in vaelab than the objective does in a plain loop.
     python bench/reference_gap.py logs/likelihood_quality/multiruns/<sweep> --workers 2
     python bench/reference_gap.py <sweep> --only low_rank discretized   # some settings only
     python bench/reference_gap.py logs/burda_mnist/multiruns/<sweep> --workers 2  # timed jobs
+    python bench/reference_gap.py <folder of single runs> --workers 2   # settings: what differs
 
 Writes the JSON records to bench/results/reference_gap_<time>.json.
 """
@@ -56,22 +57,29 @@ def done_jobs(sweep: Path) -> list[dict]:
         if "test/elbo" not in metrics:
             continue
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
-        setting = [o for o in overrides if not o.startswith("seed=")]
         jobs.append(
             {
                 "job": folder.name,
                 "overrides": overrides,
-                "setting": ", ".join(o for o in setting if "=" in o and o.split("=")[0] in _swept(sweep)) or "all",
                 "epochs": int(summary["epochs"]),
                 "vaelab_elbo": metrics["test/elbo"],
                 "vaelab_kl": metrics.get("test/kl"),
             }
         )
+    swept = _swept(sweep, [job["overrides"] for job in jobs])
+    for job in jobs:
+        setting = [o for o in job["overrides"] if "=" in o and o.split("=")[0] in swept]
+        job["setting"] = ", ".join(setting) or "all"
     return jobs
 
 
-def _swept(sweep: Path) -> set[str]:
-    """The keys the sweep varied (from its multirun.yaml), seed aside."""
+def _swept(sweep: Path, overrides: list[list[str]]) -> set[str]:
+    """The keys the sweep varied, seed aside: from its multirun.yaml, or for a folder of
+    single runs (no multirun.yaml), the keys whose overrides differ between the runs."""
+    if not (sweep / "multirun.yaml").exists():
+        given = [dict(o.partition("=")[::2] for o in job if "=" in o) for job in overrides]
+        keys = set().union(*given) if given else set()
+        return {key for key in keys if key != "seed" and len({job.get(key) for job in given}) > 1}
     config = yaml.safe_load((sweep / "multirun.yaml").read_text())
     params = dict(config["hydra"]["sweeper"].get("params") or {})
     for override in config["hydra"]["overrides"]["task"]:

@@ -176,3 +176,21 @@ def test_a_resumed_run_goes_on_from_the_budget_and_base_rate_it_stopped_at(tmp_p
     assert progress > stopped_at  # the clock went on from the checkpoint's
     assert lr == pytest.approx(0.01 * lr_factor("cosine", progress), rel=0.05)
     assert lr <= stopped_lr
+
+
+@pytest.mark.slow
+def test_the_burda_experiment_runs_its_rate_down_over_its_budget(tmp_path):
+    """experiment=burda_mnist has no epoch scheduler: its rate is a cosine over
+    trainer.max_time (here 4 s of MNIST-shaped data), 0 when the budget ends; without a
+    budget it says what to set instead of training on an unfinished schedule."""
+    from test_data import write_mnist
+
+    write_mnist(tmp_path / "mnist", n_train=600, n_test=100)
+    common = ("experiment=burda_mnist", f"data.root={tmp_path / 'mnist'}", "trainer.enable_progress_bar=false")
+    run_cli("vaelab-train", *common, "trainer.max_time=00:00:00:04", cwd=tmp_path)
+    (run,) = run_folders(tmp_path, "burda_mnist")
+    metrics = read_metrics(run)["metrics"]
+    # the last rate logged is the last epoch's last step's: within an epoch of the end
+    assert metrics["train/lr"] < 2e-3 * lr_factor("cosine", 0.75)
+    proc = run_cli("vaelab-train", *common, "trainer.max_time=null", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "trainer.max_time" in proc.stderr + proc.stdout
