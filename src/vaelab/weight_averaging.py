@@ -41,9 +41,10 @@ def ema_weights(
     """The callback, or None (no averaging) where ``decay`` is null: the config's switch.
 
     ``update_every_n_steps`` > 1 averages every n-th step's weights only: each update
-    copies and blends every parameter, which for a small model costs as much as a
-    training step (BENCHMARKS.md, issue 18); ``decay`` is then per update, so the
-    average spans about n / (1 - decay) steps."""
+    copies and blends every parameter, which for a small model is a sizeable share of a
+    step (the Burda MLP fitted 27% fewer steps into 5 minutes averaging every step;
+    BENCHMARKS.md, issue 18); ``decay`` is then per update, so the average spans about
+    n / (1 - decay) steps."""
     if decay is None:
         return None
     if not 0.0 < decay < 1.0:
