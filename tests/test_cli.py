@@ -12,7 +12,9 @@ import torch
 from conftest import read_metrics, run_cli, run_folders
 from test_data import write_cifar, write_mnist, write_png
 
+from vaelab.compare import quality as compare_quality
 from vaelab.model.maths import soft_floor
+from vaelab.quality import measure
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +64,10 @@ def test_default_main_job(train, tmp_path):
     assert metrics["test/fid_classifier_accuracy"] > 0.9
     assert 0 < metrics["test/fid_recon"] < metrics["test/fid_samples"]
     assert 0 < metrics["test/sharpness_samples"] < 1 and 0 < metrics["test/sharpness_recon"] < 1
+    # vaelab-compare spells these names again (it imports no torch): they are the ones logged
+    logged = {name for name in metrics if name.removeprefix("test/") in measure.NAMES}
+    assert logged == {f"test/{name}" for name in measure.NAMES}
+    assert logged == {*compare_quality.QUALITY_METRICS, compare_quality.FID_CLASSIFIER_ACCURACY}
     assert (run_dir / "images" / "latents.png").stat().st_size > 1000
     assert "Posterior collapse" not in proc.stdout + proc.stderr
 

@@ -16,7 +16,8 @@ test, how the table labels and orders them, and what its notes say about them.
   data).
 
 :data:`vaelab.quality.measure.NAMES` logs them; they are spelled again here because
-vaelab-compare imports no torch. Runs that logged none of them (older runs, runs with
+vaelab-compare imports no torch (tests/test_cli.py checks that they are the names a run
+logs). Runs that logged none of them (older runs, runs with
 the metrics switched off) show no quality column and no quality figure.
 """
 
