@@ -98,3 +98,15 @@ def test_the_optuna_search_space_names_real_keys(tmp_path):
             assert {c.strip() for c in choices} <= set(options("likelihood"))
         else:
             assert OmegaConf.select(cfg, key) is not None, key
+
+
+@pytest.mark.parametrize("likelihood", options("likelihood"))
+def test_the_scale_floor_a_diverged_run_is_told_to_raise_is_a_setting(likelihood, tmp_path):
+    """NonFiniteLossError names the likelihood's scale floor: it must be a key of that
+    likelihood's config (a Bernoulli's logits have no scale, so none is named)."""
+    cfg = composed(f"likelihood={likelihood}", tmp_path=tmp_path)
+    floor = build_model(cfg, instantiate(cfg.data)).likelihood.scale_floor
+    if likelihood in ("bernoulli", "continuous_bernoulli"):
+        assert floor is None
+    else:
+        assert floor is not None and OmegaConf.select(cfg, floor) is not None, floor

@@ -9,10 +9,9 @@ import signal
 import subprocess
 import time
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import read_metrics, run_folders, script
+from conftest import quiet_trainer, read_metrics, run_folders, script
 from hydra.utils import instantiate
 from lightning.fabric.utilities.cloud_io import _atomic_save
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -31,7 +30,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/elbo", mode="max")
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[checkpoints])
+    trainer = quiet_trainer(max_epochs=1, callbacks=[checkpoints])
     trainer.fit(model, datamodule=datamodule)
     last = tmp_path / "ckpt" / "last.ckpt"
     before = digest(last)
@@ -39,14 +38,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with torch.no_grad():  # what a diverged optimiser leaves behind
         next(model.decoder.parameters()).fill_(float("nan"))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/elbo", mode="max")
-    trainer = pl.Trainer(
-        max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[checkpoints], num_sanity_val_steps=0
-    )
+    trainer = quiet_trainer(max_epochs=2, callbacks=[checkpoints], num_sanity_val_steps=0)
     checkpoints.last_model_path = str(last)
     with pytest.raises(NonFiniteLossError) as error:
         trainer.fit(model, datamodule=datamodule)
     message = str(error.value)
     assert "the loss became nan at step 0 (epoch 0)" in message and str(last) in message
+    assert f"raise {model.likelihood.scale_floor} or" in message  # the floor of this run's likelihood
     assert digest(last) == before  # nothing was written over it
 
 

@@ -43,15 +43,18 @@ class ConfigError(UserError, ValueError):
 class NonFiniteLossError(UserError, FloatingPointError):
     """Training diverged: the loss became NaN or infinite."""
 
-    def __init__(self, value: float, step: int, epoch: int, checkpoint: str | None):
+    def __init__(self, value: float, step: int, epoch: int, checkpoint: str | None, scale_floor: str | None = None):
+        """``scale_floor``: the likelihood's setting that keeps its scale from 0
+        (:attr:`vaelab.model.likelihoods.Likelihood.scale_floor`), named among the remedies."""
         kept = (
             f"the last good checkpoint, {checkpoint}, is kept as it was"
             if checkpoint
             else "no checkpoint had been saved yet"
         )
+        floor = f", raise {scale_floor}" if scale_floor else ""
         super().__init__(
             f"training stopped: the loss became {value} at step {step} (epoch {epoch}); {kept}. "
-            "Lower model.optimizer.lr, raise likelihood.log_sigma_min or set trainer.gradient_clip_val."
+            f"Lower model.optimizer.lr{floor} or set trainer.gradient_clip_val."
         )
         self.step, self.epoch, self.checkpoint = step, epoch, checkpoint
 

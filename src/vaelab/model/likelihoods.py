@@ -55,6 +55,10 @@ class Likelihood(nn.Module):
     #: mean image: measured per likelihood against a plain loop (BENCHMARKS.md, "Where
     #: training starts"); the mean-image start collapses Gaussian posteriors
     init_output_bias_by_default: bool = False
+    #: the setting that keeps the likelihood's scale away from 0, which a diverged run
+    #: is told to raise (:class:`vaelab.exceptions.NonFiniteLossError`); None where the
+    #: likelihood has no scale (a Bernoulli's logits)
+    scale_floor: str | None = None
 
     def __init__(self, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -223,6 +227,7 @@ class GaussianLikelihood(DequantizedDensity):
         check_range("likelihood.sigma_init", sigma_init)
         check_log_sigma_bounds(log_sigma_min, log_sigma_max)
         self.sigma_mode = sigma
+        self.scale_floor = "likelihood.sigma_value" if sigma == "fixed" else "likelihood.log_sigma_min"
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
         self.optimal_shape = optimal_shape
@@ -402,6 +407,7 @@ class GaussianLowRankLikelihood(DequantizedDensity):
         self.initial_log_sigma = math.log(sigma_init)
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
+        self.scale_floor = "likelihood.log_sigma_min"
         self.params_per_channel = 2 + self.rank
 
     def parts(self, decoder_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -489,6 +495,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
         self.levels = int(levels)
         self.components = int(components)
         self.log_scale_min = float(log_scale_min)
+        self.scale_floor = "likelihood.log_scale_min"
         self.params_per_channel = 3 * self.components
 
     def prepare(self, images: Tensor, levels: int) -> Tensor:

@@ -263,7 +263,9 @@ class VAE(pl.LightningModule):
         value = loss.item()  # one scalar to the host (torch.isfinite would be an op more)
         if not math.isfinite(value):
             # stop before the optimiser spreads NaN into the weights (and a checkpoint)
-            raise NonFiniteLossError(value, self.global_step, self.current_epoch, self.last_checkpoint())
+            raise NonFiniteLossError(
+                value, self.global_step, self.current_epoch, self.last_checkpoint(), self.likelihood.scale_floor
+            )
         # Everything else a step logs is either summed on the device here (one add) or
         # read from the batch only when it is written: self.log and per-metric
         # bookkeeping on every step would cost more than a small model's step.
