@@ -50,6 +50,18 @@ def without_packages(tmp_path: Path, *packages: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(blocker)}
 
 
+def quiet_trainer(**options):
+    """A Lightning Trainer that writes and prints nothing of its own: no logger, progress
+    bar or model summary, and checkpoints only when a checkpoint callback is among
+    ``options["callbacks"]``. Everything else a test needs goes in ``options``."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Checkpoint
+
+    checkpointing = any(isinstance(c, Checkpoint) for c in options.get("callbacks") or [])
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return pl.Trainer(**{**quiet, "enable_checkpointing": checkpointing, **options})
+
+
 def run_folders(root: Path, task: str = "train") -> list[Path]:
     return sorted(p.parent for p in (root / "logs" / task).rglob("metrics.json"))
 

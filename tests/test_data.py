@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from conftest import quiet_trainer
 from PIL import Image
 
 from vaelab.data import (
@@ -573,16 +574,7 @@ class _Recorder(pl.LightningModule):
 def test_datamodule_drives_a_trainer():
     dm = ImageDataModule(InMemory(n_train=100, n_test=10), batch_size=16, seed=2)
     model = _Recorder()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=2, accelerator="cpu", devices=1, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     assert sorted(model.seen[0]) == sorted(model.seen[1]) == sorted(dm.train_labels.tolist())
     assert model.seen[0] != model.seen[1]

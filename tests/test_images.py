@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import read_metrics, run_folders
+from conftest import quiet_trainer, read_metrics, run_folders
 from hydra.utils import instantiate
 from PIL import Image
 from test_compare import make_job
@@ -59,16 +59,8 @@ def fit_with_images(tmp_path, *overrides: str):
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     grids = ImageGrids(str(tmp_path / "images"), num_images=64, every_n_epochs=0)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        callbacks=[grids],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[grids], num_sanity_val_steps=0
     )
     trainer.fit(model, datamodule=datamodule)
     return grids, model, datamodule

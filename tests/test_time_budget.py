@@ -10,7 +10,7 @@ import time
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import read_metrics, run_cli, run_folders
+from conftest import quiet_trainer, read_metrics, run_cli, run_folders
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from vaelab.exceptions import ConfigError
@@ -65,15 +65,11 @@ class SlowAdam(BoringModel):
 
 def timed_trainer(root, seconds: float, epochs: int, callbacks: list) -> pl.Trainer:
     """A quiet Trainer with a wall-time budget: training steps only, nothing written."""
-    return pl.Trainer(
+    return quiet_trainer(
         max_time={"seconds": seconds},
         max_epochs=epochs,
         callbacks=callbacks,
         default_root_dir=root,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
     )
 
@@ -95,7 +91,7 @@ def test_every_step_trains_at_the_rate_of_the_budget_spent_and_the_last_near_the
 
 
 def test_the_schedule_refuses_a_run_without_a_budget_or_with_an_epoch_schedule(tmp_path):
-    trainer = pl.Trainer(max_epochs=1, callbacks=[TimeBudgetLR()], default_root_dir=tmp_path, logger=False)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[TimeBudgetLR()], default_root_dir=tmp_path)
     with pytest.raises(ConfigError, match="trainer.max_time"):
         trainer.fit(BoringModel())
 
@@ -104,7 +100,7 @@ def test_the_schedule_refuses_a_run_without_a_budget_or_with_an_epoch_schedule(t
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
             return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
 
-    trainer = pl.Trainer(max_time={"seconds": 5}, callbacks=[TimeBudgetLR()], default_root_dir=tmp_path, logger=False)
+    trainer = quiet_trainer(max_time={"seconds": 5}, callbacks=[TimeBudgetLR()], default_root_dir=tmp_path)
     with pytest.raises(ConfigError, match="model.scheduler=null"):
         trainer.fit(WithScheduler())
 

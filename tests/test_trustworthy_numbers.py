@@ -12,6 +12,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import quiet_trainer
 from hydra.utils import instantiate
 from test_configs import composed
 
@@ -28,13 +29,7 @@ def fitted(tmp_path, *overrides: str, epochs: int = 3, eval_batch_size: int | No
     pl.seed_everything(0)  # the same model every time: the assertions below are on its numbers
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=epochs)
     trainer.fit(model, datamodule=datamodule)
     return cfg, datamodule, model, trainer
 

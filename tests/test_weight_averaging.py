@@ -10,7 +10,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import read_metrics, run_cli, run_folders
+from conftest import quiet_trainer, read_metrics, run_cli, run_folders
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_configs import composed
@@ -39,16 +39,8 @@ def test_the_average_takes_every_nth_step(tmp_path, every, updates):
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     averaging = ema_weights(0.9, update_every_n_steps=every)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=10,
-        limit_val_batches=0,
-        callbacks=[averaging],
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=10, limit_val_batches=0, callbacks=[averaging], default_root_dir=tmp_path
     )
     trainer.fit(BoringModel())
     assert int(averaging._average_model.n_averaged) == updates
@@ -66,15 +58,12 @@ def test_the_test_after_training_scores_the_average_that_validation_chose(tmp_pa
     start = {k: v.clone() for k, v in model.state_dict().items()}
     decay = 0.9
     best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/elbo", mode="max")
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=5,
         limit_val_batches=1,
         limit_test_batches=1,
-        logger=False,
         callbacks=[ema_weights(decay), best],
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=datamodule)
