@@ -144,9 +144,12 @@ def test_mnist_cifar_and_image_folder_train(train, tmp_path):
             (10 * i, 255 - 10 * i, 40),
             size=(20, 30),
         )
-    train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", *QUICK)
-    train("data=cifar10", f"data.root={tmp_path / 'cifar'}", "model=conv", "data.batch_size=16", *QUICK)
-    train("data=image_folder", f"data.root={tmp_path / 'pictures'}", "data.source.size=[16,16]", "model=conv", *QUICK)
+    # each data set here is new to the FID cache: 2000 classifier steps would be ~55 s of
+    # each run's ~65 s, and this test is about the readers (FID: test_default_main_job)
+    quick = [*QUICK, "callbacks.sample_quality.classifier_steps=50"]
+    train("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.batch_size=16", *quick)
+    train("data=cifar10", f"data.root={tmp_path / 'cifar'}", "model=conv", "data.batch_size=16", *quick)
+    train("data=image_folder", f"data.root={tmp_path / 'pictures'}", "data.source.size=[16,16]", "model=conv", *quick)
     runs = run_folders(tmp_path)
     assert len(runs) == 3
     for run_dir in runs:
