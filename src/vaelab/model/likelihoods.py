@@ -386,6 +386,8 @@ class GaussianLowRankLikelihood(DequantizedDensity):
     log(``sigma_init``) and U = 0 (the diagonal Gaussian of sigma=predicted).
     """
 
+    scale_floor = "likelihood.log_sigma_min"
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -407,7 +409,6 @@ class GaussianLowRankLikelihood(DequantizedDensity):
         self.initial_log_sigma = math.log(sigma_init)
         self.log_sigma_min = float(log_sigma_min)
         self.log_sigma_max = float(log_sigma_max)
-        self.scale_floor = "likelihood.log_sigma_min"
         self.params_per_channel = 2 + self.rank
 
     def parts(self, decoder_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -481,6 +482,8 @@ class DiscretizedLogisticLikelihood(Likelihood):
     within a bin of the data's mean.
     """
 
+    scale_floor = "likelihood.log_scale_min"
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -495,7 +498,6 @@ class DiscretizedLogisticLikelihood(Likelihood):
         self.levels = int(levels)
         self.components = int(components)
         self.log_scale_min = float(log_scale_min)
-        self.scale_floor = "likelihood.log_scale_min"
         self.params_per_channel = 3 * self.components
 
     def prepare(self, images: Tensor, levels: int) -> Tensor:
