@@ -37,6 +37,19 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
     return "".join(lines)
 
 
+def cpu_model() -> str:
+    """The processor's name as Linux reports it (platform.processor() is often empty), and
+    whether it has bfloat16 instructions: they decide what trainer.precision=bf16-mixed costs."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+    name = fields.get("model name", platform.machine())
+    flags = fields.get("flags", "").split()
+    return f"{name}, {'with' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'no'} bfloat16 instructions"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist", default="../shared/data/mnist", help="folder with the MNIST IDX files")
@@ -90,7 +103,7 @@ def main() -> None:
 
     record = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "train_threads": args.threads,
         "eval_threads": args.eval_threads,
         "epochs": summary["epochs"],
