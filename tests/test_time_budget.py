@@ -190,3 +190,38 @@ def test_the_burda_experiment_runs_its_rate_down_over_its_budget(tmp_path):
     assert metrics["train/lr"] < 2e-3 * lr_factor("cosine", 0.75)
     proc = run_cli("vaelab-train", *common, "trainer.max_time=null", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "trainer.max_time" in proc.stderr + proc.stdout
+
+
+class WriteRates(pl.Callback):
+    """Writes the rate of every step of this process to ``<folder>/rates_rank<r>.txt``."""
+
+    def __init__(self, folder) -> None:
+        self.folder, self.rates = folder, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        (self.folder / f"rates_rank{trainer.global_rank}.txt").write_text("\n".join(map(repr, self.rates)))
+
+
+@pytest.mark.slow
+def test_every_ddp_process_steps_at_the_same_rate(tmp_path):
+    """DDP keeps its replicas equal only if every process applies the same update. Each
+    process's Timer has its own clock, started when that process reached training, so
+    rates read from it differ in their last digits from process to process; the
+    schedule takes rank zero's budget spent instead, and the rates agree exactly."""
+    trainer = quiet_trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_time={"seconds": 2},
+        max_epochs=-1,
+        callbacks=[TimeBudgetLR("cosine"), WriteRates(tmp_path)],
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
+    trainer.fit(SlowAdam())
+    rates = [(tmp_path / f"rates_rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert len(rates[0]) > 20 and float(rates[0][-1]) < 0.01 * 0.1
+    assert rates[0] == rates[1]

@@ -91,7 +91,11 @@ class TimeBudgetLR(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        factor = lr_factor(self.shape, self.progress(), self.final_fraction)
+        # Every DDP rank steps at rank zero's rate: each rank's Timer keeps its own clock,
+        # and replicas stay equal only while they apply equal updates (Lightning's Timer
+        # broadcasts its decision to stop the same way). One process: no communication.
+        progress = trainer.strategy.broadcast(self.progress())
+        factor = lr_factor(self.shape, progress, self.final_fraction)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
