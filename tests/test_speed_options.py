@@ -7,9 +7,11 @@ that wait for torch.compile.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -19,6 +21,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from test_configs import composed
 
+from vaelab import accelerators
 from vaelab.build import build_model
 from vaelab.data import ImageDataModule
 from vaelab.data.sources import Digits
@@ -166,6 +169,25 @@ def test_mixed_precision_loss_is_close_to_float32(tmp_path):
         mixed = loss_of(vae, x)
     assert mixed.dtype == torch.float32
     assert torch.isclose(mixed, exact, rtol=0.02), (float(mixed), float(exact))
+
+
+def test_the_bfloat16_probe_says_what_the_processor_reports():
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    assert accelerators.cpu_has_bfloat16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def test_mixed_precision_on_a_cpu_that_emulates_bfloat16_is_warned_about(monkeypatch, caplog, tmp_path):
+    """Without bfloat16 instructions, bf16-mixed on a CPU is 2.4 to 2.9x slower than
+    float32 (BENCHMARKS.md): a run that asks for it is told so at start-up."""
+    mixed, plain = composed("trainer.precision=bf16-mixed", tmp_path=tmp_path), composed(tmp_path=tmp_path)
+    caplog.set_level(logging.WARNING, logger="vaelab.accelerators")
+    for has_bfloat16, cfg, warned in [(False, mixed, True), (True, mixed, False), (False, plain, False)]:
+        monkeypatch.setattr(accelerators, "cpu_has_bfloat16", lambda has=has_bfloat16: has)
+        caplog.clear()
+        accelerators.warn_if_bfloat16_is_emulated(cfg)
+        assert ("trainer.precision=bf16-mixed on a CPU without bfloat16" in caplog.text) == warned, caplog.text
+        assert ("32-true" in caplog.text) == warned
 
 
 # -- channels_last -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Whether a config trains on GPUs, and whether this machine has the GPUs it asks for.
+"""Whether a config trains on GPUs, whether this machine has the GPUs it asks for, and
+whether its CPU does the bfloat16 arithmetic that mixed precision asks for.
 
 Lightning finds out only while it builds the Trainer, after the data are loaded
 and the run folder exists, and says so with a 70-line traceback ending in
@@ -8,6 +9,7 @@ start-up.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -16,6 +18,11 @@ from omegaconf import DictConfig
 from vaelab.exceptions import ConfigError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
+#: trainer.precision values that run the networks in bfloat16 on a CPU (Lightning runs
+#: 16-mixed as bf16-mixed there)
+CPU_BF16_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16", "16")
+
+log = logging.getLogger(__name__)
 
 
 def trains_on_gpu(cfg: DictConfig) -> bool:
@@ -47,3 +54,20 @@ def check_gpus_exist(
         )
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
         raise ConfigError(f"trainer.devices={devices} asks for {devices} GPUs, but this machine has {count}")
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 numbers in hardware (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def warn_if_bfloat16_is_emulated(cfg: DictConfig) -> None:
+    """A warning when mixed precision would run on a CPU that emulates bfloat16: there it
+    is slower than float32, not faster (BENCHMARKS.md, "Throughput")."""
+    precision = str(cfg.trainer.get("precision"))
+    if precision in CPU_BF16_PRECISIONS and not trains_on_gpu(cfg) and not cpu_has_bfloat16():
+        log.warning(
+            "trainer.precision=%s on a CPU without bfloat16 instructions (AVX512-BF16 or AMX): its matrix "
+            "products are emulated, measured 2.4 to 2.9x slower than trainer.precision=32-true",
+            precision,
+        )

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab import ddp, sweeps
-from vaelab.accelerators import check_gpus_exist, trains_on_gpu
+from vaelab.accelerators import check_gpus_exist, trains_on_gpu, warn_if_bfloat16_is_emulated
 from vaelab.build import build_model, build_trainer, load_data_now
 from vaelab.checkpoints import check_training_left, check_weights_fit, read_checkpoint, validate_where_training_stopped
 from vaelab.config import instantiate_dict
@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer.get("devices"),
         cpu_hint="trainer=ddp_cpu" if ddp_strategy else "trainer=cpu",
     )
+    warn_if_bfloat16_is_emulated(cfg)
     output_dir = Path(cfg.paths.output_dir)
     holds_job_folder = sweeps.in_multirun() and not ddp.is_extra_rank() and rank_zero_only.rank == 0
     with sweeps.JobFolderLock(output_dir) if holds_job_folder else nullcontext():
