@@ -40,14 +40,14 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
 def cpu_model() -> str:
     """The processor's name as Linux reports it (platform.processor() is often empty), and
     whether it has bfloat16 instructions: they decide what trainer.precision=bf16-mixed costs."""
+    from vaelab.accelerators import cpu_has_bfloat16
+
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return platform.processor() or platform.machine()
-    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
-    name = fields.get("model name", platform.machine())
-    flags = fields.get("flags", "").split()
-    return f"{name}, {'with' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'no'} bfloat16 instructions"
+        lines = []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{name or platform.machine()}, {'with' if cpu_has_bfloat16() else 'no'} bfloat16 instructions"
 
 
 def main() -> None:
